@@ -1,0 +1,1 @@
+"""HTTP routes, one module per family: predict, health and status."""

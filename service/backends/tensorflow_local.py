@@ -1,0 +1,84 @@
+"""The embedded backend: the SavedModel loaded in this worker with `tf.saved_model.load`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.backends import build_model_info
+from service.config import Settings
+from service.repository import ModelInfo, resolve
+
+_log = logging.getLogger(__name__)
+
+
+def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> list[str]:
+    """Set thread pools and GPU memory growth before TF runs anything; return the devices used."""
+    import tensorflow as tf
+
+    try:
+        if intra_op_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        if inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
+    except RuntimeError:
+        # NOTE: TF refuses once its runtime is up (e.g. a second app in one test process).
+        _log.debug("TensorFlow already initialised; thread settings unchanged")
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+    devices = [gpu.name for gpu in gpus] or ["/physical_device:CPU:0"]
+    _log.info("TensorFlow %s on %s", tf.__version__, ", ".join(devices))
+    return devices
+
+
+class TensorflowLocalBackend:
+    """Runs the serving signature of a SavedModel in-process."""
+
+    name = "tensorflow_local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._function: Any = None
+        self._loaded: Any = None
+        self.devices: list[str] = []
+        self.info: ModelInfo | None = None
+
+    def load(self) -> ModelInfo:
+        import tensorflow as tf
+
+        settings = self._settings
+        self.devices = configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+        version = resolve(settings.model_repository, settings.model_name, settings.model_version)
+        self._loaded = tf.saved_model.load(str(version.path))
+        signature_name = version.metadata.get("signature_name", settings.signature_name)
+        if signature_name not in self._loaded.signatures:
+            raise ValueError(
+                f"{version.path} has no signature '{signature_name}' "
+                f"(has {sorted(self._loaded.signatures)})"
+            )
+        self._function = self._loaded.signatures[signature_name]
+        _, input_specs = self._function.structured_input_signature
+        input_shapes = {key: spec.shape.as_list() for key, spec in input_specs.items()}
+        output_keys = list(self._function.structured_outputs)
+        self.info = build_model_info(version, signature_name, input_shapes, output_keys)
+        _log.info("loaded %s version %d from %s", version.name, version.version, version.path)
+        return self.info
+
+    def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        import tensorflow as tf
+
+        assert self.info is not None, "load() first"
+        outputs = self._function(**{self.info.input_key: tf.constant(batch, dtype=tf.float32)})
+        result: NDArray[np.float32] = outputs[self.info.output_key].numpy()
+        return result
+
+    def close(self) -> None:
+        self._function = None
+        self._loaded = None

@@ -1,0 +1,105 @@
+"""Service settings, read from `SERVING_*` environment variables by `create_app` only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune; every number carries its unit in its name."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="ignore")
+
+    backend: Literal["tensorflow_local", "tfserving_grpc"] = "tensorflow_local"
+    """Where the model runs: in this process, or in TensorFlow Serving over gRPC."""
+
+    model_repository: Path = _REPO_ROOT / "model_repository"
+    """Root of TF Serving's layout: `<repository>/<model>/<version>/saved_model.pb`."""
+
+    model_name: str = "cpe_cnn"
+    """The model `POST /predict` serves."""
+
+    model_version: int | None = None
+    """Pin one version; the highest version in the repository when unset."""
+
+    signature_name: str = "serving_default"
+
+    # --- input limits -------------------------------------------------------------------------
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    """Requests with a larger body get 413 before they are read."""
+
+    max_images_per_request: int = Field(64, gt=0)
+    """Each image becomes a float32 tensor of the model input (5.6 MB at 1360x1024)."""
+
+    max_image_pixels: int = Field(64_000_000, gt=0)
+    """Decompression-bomb guard: a decoded image may not hold more pixels than this."""
+
+    min_image_side_px: int = Field(8, gt=0)
+    """Smaller images are rejected as absurd for a microscopy field."""
+
+    # --- batching (names from TF Serving's batching parameters) -------------------------------
+    batching: Literal["off", "fixed", "adaptive"] = "fixed"
+    max_batch_size: int = Field(8, gt=0)
+    """Most images one model call takes; larger requests are split across calls."""
+
+    max_batch_delay_ms: float = Field(5.0, ge=0)
+    """Longest time the first image of a batch waits for others to join it."""
+
+    target_latency_ms: float = Field(250.0, gt=0)
+    """Adaptive policy: dispatch early when waiting longer would miss this latency."""
+
+    max_queue_size: int = Field(128, gt=0)
+    """Images waiting in a worker's queue; past this, requests get 503 with Retry-After."""
+
+    request_timeout_s: float = Field(30.0, gt=0)
+    """A request whose images have not come back by then gets 504."""
+
+    pad_to_allowed_batch_sizes: bool = True
+    """Pad batches to powers of two (TF Serving's allowed_batch_sizes): fewer shapes to warm."""
+
+    # --- runtime --------------------------------------------------------------------------------
+    tf_intra_op_threads: int = Field(0, ge=0)
+    """TensorFlow's intra-op threads per worker; 0 lets TensorFlow pick (one per core)."""
+
+    tf_inter_op_threads: int = Field(0, ge=0)
+    warmup: bool = True
+    """Run the model on synthetic input before /readyz turns true."""
+
+    # --- TF Serving backend ---------------------------------------------------------------------
+    tfserving_target: str = "localhost:8500"
+    grpc_timeout_s: float = Field(30.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        if self.max_queue_size < max(self.max_batch_size, self.max_images_per_request):
+            raise ValueError("max_queue_size must hold a full batch and a full request")
+        return self
+
+
+class ServerSettings(BaseSettings):
+    """Gunicorn's process model, read by `service/gunicorn_conf.py` (same `SERVING_` prefix)."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, gt=0, lt=65536, validation_alias=AliasChoices("PORT", "SERVING_PORT"))
+    """Listening port; plain `PORT` (as PaaS and `make run` set it) overrides the default."""
+
+    workers: int = Field(1, gt=0)
+    """Worker processes; each loads its own model copy and runs its own batcher."""
+
+    threads: int = Field(16, gt=0)
+    """Request threads per worker; at least 2 x max_batch_size so a batch can fill."""
+
+    graceful_timeout_s: int = Field(30, gt=0)
+    """Time a worker gets on SIGTERM to finish queued and running batches."""
+
+    worker_timeout_s: int = Field(120, gt=0)

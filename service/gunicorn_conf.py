@@ -1,0 +1,51 @@
+"""Gunicorn settings: gthread workers, multiprocess metrics, graceful drain on SIGTERM.
+
+Run: `gunicorn -c python:service.gunicorn_conf "service.app:create_app()"`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from service.config import ServerSettings
+
+_server = ServerSettings()
+
+# NOTE: must be set before any process imports prometheus_client, which picks its value store
+# (per-process mmap files) at import time; workers inherit it through the fork.
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"serving-metrics-{os.getpid()}")
+)
+shutil.rmtree(_metrics_dir, ignore_errors=True)  # stale files from a previous run would be summed
+os.makedirs(_metrics_dir, exist_ok=True)
+
+bind = f"{_server.host}:{_server.port}"
+worker_class = "gthread"
+workers = _server.workers
+threads = _server.threads
+timeout = _server.worker_timeout_s
+graceful_timeout = _server.graceful_timeout_s
+keepalive = 5
+# The app (TensorFlow runtime, batcher thread, gRPC channel) is created in each worker after the
+# fork: neither threads nor TF state survive fork safely.
+preload_app = False
+accesslog = None  # the app writes its own JSON access log with request ids
+errorlog = "-"
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Drain the worker's batcher so accepted images are answered before the process ends."""
+    app = getattr(worker, "wsgi", None)
+    state = getattr(app, "extensions", {}).get("serving") if app is not None else None
+    if state is not None:
+        state.close(timeout_s=_server.graceful_timeout_s)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop the dead worker's live gauges from the aggregated metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,59 @@
+"""Fixtures: settings -> backend -> app -> client (the flaskr pattern), plus image helpers."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from flask import Flask
+from flask.testing import FlaskClient
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from service import create_app  # noqa: E402
+from service.config import Settings  # noqa: E402
+from tests.fakes import FakeBackend  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+def tiff_bytes(pixels: np.ndarray, **kwargs: object) -> bytes:
+    """Encode pixels as a TIFF in memory."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, pixels, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(model_name="fake", max_batch_delay_ms=2, request_timeout_s=5, warmup=False)
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def app(settings: Settings, backend: FakeBackend) -> Iterator[Flask]:
+    app = create_app(settings, backend)
+    state = app.extensions["serving"]
+    assert state.wait_ready(10), state.load_error
+    yield app
+    state.close(timeout_s=5)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,88 @@
+"""Start real servers for integration tests: Gunicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class GunicornServer:
+    """`gunicorn -c python:service.gunicorn_conf` with SERVING_* settings, on 127.0.0.1."""
+
+    def __init__(self, tmp_dir: Path, ready_timeout_s: float = 120.0, **settings: object) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_dir / f"gunicorn-{self.port}.log"
+        self.metrics_dir = tmp_dir / f"metrics-{self.port}"
+        self._ready_timeout_s = ready_timeout_s
+        self.env = {
+            **os.environ,
+            "SERVING_HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **{f"SERVING_{key.upper()}": str(value) for key, value in settings.items()},
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GunicornServer:
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf",
+             "service.app:create_app()"],
+            cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self._ready_timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"gunicorn not ready after {self._ready_timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM (graceful) and wait; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def __enter__(self) -> GunicornServer:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.terminate()

@@ -1,0 +1,194 @@
+"""MicroBatcher driven without Flask; the backend is held on an Event so batches are exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.batching import CostModel, MicroBatcher, allowed_batch_sizes
+from service.errors import BackendFailed, QueueFull, ShuttingDown
+from tests.fakes import FakeBackend, expected_probabilities
+
+
+def _rows(rng: np.random.Generator, count: int) -> np.ndarray:
+    return rng.uniform(0, 4000, size=(count, 4, 5, 1)).astype(np.float32)
+
+
+def _batcher(backend: FakeBackend, **kwargs: object) -> MicroBatcher:
+    options: dict[str, object] = {"max_batch_size": 8, "max_batch_delay_s": 0.05, "max_queue_size": 64}
+    options.update(kwargs)
+    return MicroBatcher(backend.predict, **options)  # type: ignore[arg-type]
+
+
+def test_concurrent_submissions_make_one_batch(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend, max_batch_delay_s=1.0)
+    # The first request occupies the model; the next four queue behind it and merge.
+    first = batcher.submit(_rows(rng, 1))
+    assert backend.started.wait(2)
+    inputs = [_rows(rng, 2) for _ in range(4)]
+    jobs = [batcher.submit(rows) for rows in inputs]
+    gate.set()
+    for job, rows in zip(jobs, inputs):
+        np.testing.assert_allclose(job.future.result(2), expected_probabilities(rows))
+    first.future.result(2)
+    assert backend.batch_sizes == [1, 8]
+    assert len({tuple(job.batch_ids) for job in jobs}) == 1
+    batcher.close()
+
+
+def test_batch_dispatches_at_the_delay_when_not_full(rng: np.random.Generator) -> None:
+    backend = FakeBackend()
+    batcher = _batcher(backend, max_batch_delay_s=0.05)
+    started = time.monotonic()
+    batcher.submit(_rows(rng, 3)).future.result(2)
+    elapsed = time.monotonic() - started
+    assert backend.batch_sizes == [3]
+    assert elapsed >= 0.045  # waited for company, then gave up at the delay
+    batcher.close()
+
+
+def test_policy_off_never_merges_requests(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend, policy="off")
+    jobs = [batcher.submit(_rows(rng, 2)) for _ in range(3)]
+    gate.set()
+    for job in jobs:
+        job.future.result(2)
+    assert backend.batch_sizes == [2, 2, 2]
+    batcher.close()
+
+
+def test_failing_batch_fails_only_its_members_and_the_thread_survives(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate, fail_with=RuntimeError("boom"))
+    batcher = _batcher(backend, max_batch_delay_s=1.0)
+    doomed = [batcher.submit(_rows(rng, 4)) for _ in range(2)]  # exactly one full batch
+    gate.set()
+    for job in doomed:
+        with pytest.raises(BackendFailed, match="boom"):
+            job.future.result(2)
+    backend.fail_with = None
+    rows = _rows(rng, 3)
+    np.testing.assert_allclose(batcher.submit(rows).future.result(2), expected_probabilities(rows))
+    assert backend.batch_sizes == [8, 3]
+    batcher.close()
+
+
+def test_full_queue_refuses_at_once_with_retry_after(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend, max_queue_size=10, max_batch_size=2)
+    running = batcher.submit(_rows(rng, 2))
+    assert backend.started.wait(2)
+    batcher.submit(_rows(rng, 10))  # fills the queue
+    started = time.monotonic()
+    with pytest.raises(QueueFull) as refused:
+        batcher.submit(_rows(rng, 1))
+    assert time.monotonic() - started < 0.1
+    assert int(refused.value.headers()["Retry-After"]) >= 1
+    gate.set()
+    running.future.result(2)
+    batcher.close()
+
+
+def test_abandoned_job_leaves_the_queue_and_never_runs(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend, max_batch_size=4)
+    running = batcher.submit(_rows(rng, 4))
+    assert backend.started.wait(2)
+    waiting = batcher.submit(_rows(rng, 3))
+    assert batcher.queued_images == 3
+    batcher.abandon(waiting)  # what the view does on its 504
+    assert batcher.queued_images == 0
+    assert waiting.future.cancelled()
+    gate.set()
+    running.future.result(2)
+    batcher.close()
+    assert backend.batch_sizes == [4]
+
+
+def test_oversize_request_is_split_and_reassembled_in_order(rng: np.random.Generator) -> None:
+    backend = FakeBackend()
+    batcher = _batcher(backend, max_batch_size=4, max_batch_delay_s=0.0)
+    rows = _rows(rng, 11)
+    job = batcher.submit(rows)
+    np.testing.assert_allclose(job.future.result(2), expected_probabilities(rows))
+    assert backend.batch_sizes == [4, 4, 3]
+    assert job.batch_ids == [1, 2, 3]
+    batcher.close()
+
+
+def test_padding_uses_allowed_sizes_and_strips_the_padding(rng: np.random.Generator) -> None:
+    backend = FakeBackend()
+    batcher = _batcher(backend, max_batch_size=8, max_batch_delay_s=0.0, pad_batches=True)
+    rows = _rows(rng, 5)
+    np.testing.assert_allclose(batcher.submit(rows).future.result(2), expected_probabilities(rows))
+    assert backend.batch_sizes == [8]
+    assert allowed_batch_sizes(8) == [1, 2, 4, 8]
+    assert allowed_batch_sizes(12) == [1, 2, 4, 8, 12]
+    batcher.close()
+
+
+def test_close_drains_queued_work_then_refuses(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend, max_batch_size=2, max_batch_delay_s=5.0)
+    jobs = [batcher.submit(_rows(rng, 2)) for _ in range(3)]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(ShuttingDown):
+        batcher.submit(_rows(rng, 1))
+    gate.set()
+    closer.join(5)
+    assert not closer.is_alive()
+    assert all(job.future.result(0) is not None for job in jobs)
+    assert backend.batch_sizes == [2, 2, 2]
+
+
+def test_many_threads_get_their_own_rows_back(rng: np.random.Generator) -> None:
+    backend = FakeBackend(delay_s=0.002)
+    batcher = _batcher(backend, max_batch_size=8, max_batch_delay_s=0.01, max_queue_size=512)
+    inputs = [_rows(rng, int(n)) for n in rng.integers(1, 6, size=60)]
+
+    def call(rows: np.ndarray) -> np.ndarray:
+        return batcher.submit(rows).future.result(5)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outputs = list(pool.map(call, inputs))
+    for rows, out in zip(inputs, outputs):
+        np.testing.assert_allclose(out, expected_probabilities(rows))
+    assert max(backend.batch_sizes) > 1
+    assert sum(backend.batch_sizes) == sum(len(rows) for rows in inputs)
+    batcher.close()
+
+
+def test_adaptive_policy_does_not_wait_for_a_lone_client(rng: np.random.Generator) -> None:
+    backend = FakeBackend(delay_s=0.01)
+    batcher = _batcher(backend, policy="adaptive", target_latency_s=1.0, max_batch_delay_s=0.05)
+    latencies = []
+    for _ in range(8):
+        started = time.monotonic()
+        batcher.submit(_rows(rng, 1)).future.result(2)
+        latencies.append(time.monotonic() - started)
+    # After the first few calls the arrival gap is known to exceed the per-call overhead.
+    assert sorted(latencies)[len(latencies) // 2] < 0.1
+    batcher.close()
+
+
+def test_cost_model_fits_a_linear_batch_cost() -> None:
+    cost = CostModel()
+    for size in (1, 2, 4, 8, 1, 8):
+        cost.observe(size, 0.010 + 0.002 * size)
+    per_image_s, fixed_s = cost.fit()
+    assert per_image_s == pytest.approx(0.002, rel=1e-6)
+    assert fixed_s == pytest.approx(0.010, rel=1e-6)
+    assert cost.estimate_s(16) == pytest.approx(0.042, rel=1e-6)

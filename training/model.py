@@ -1,0 +1,102 @@
+"""The paper's CPE CNN (Wang et al. 2020) and its export to TF Serving's repository layout.
+
+The serving signature takes raw intensities (float32, 1024x1360x1) and normalises them in the
+graph, so clients and backends never re-implement the preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from service.preprocessing import PREPROCESSING_VERSION, preprocessing_hash
+from training.normalization import HIGH_PERCENTILE, LOW_PERCENTILE, normalize_intensity
+
+INPUT_HEIGHT = 1024
+INPUT_WIDTH = 1360
+CLASS_NAMES = ("uninfected", "infected")
+INPUT_KEY = "image"
+OUTPUT_KEY = "probabilities"
+SIGNATURE_NAME = "serving_default"
+METADATA_FILE = "metadata.json"
+
+
+def build_model(seed: int = 0) -> keras.Model:
+    """Conv(20,7)/pool10 -> Conv(25,5)/pool6 -> Conv(30,3)/pool6 -> 3xDense(100) -> softmax."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(INPUT_HEIGHT, INPUT_WIDTH, 1), name=INPUT_KEY)
+    x = keras.layers.Conv2D(20, 7, padding="valid", activation="relu", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(10, name="pool1")(x)
+    x = keras.layers.Conv2D(25, 5, padding="valid", activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(6, name="pool2")(x)
+    x = keras.layers.Conv2D(30, 3, padding="valid", activation="relu", name="conv3")(x)
+    x = keras.layers.MaxPooling2D(6, name="pool3")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for index in range(3):
+        x = keras.layers.Dense(100, activation="sigmoid", name=f"dense{index + 1}")(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax", name=OUTPUT_KEY)(x)
+    return keras.Model(inputs, outputs, name="cpe_cnn")
+
+
+def export_model(
+    model: keras.Model,
+    version_dir: Path,
+    *,
+    model_name: str = "cpe_cnn",
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write `version_dir` as a SavedModel with a normalising `serving_default` + metadata.json.
+
+    The directory is written under a temporary name and renamed, so a repository watcher never
+    sees a half-written version.
+    """
+    version_dir = Path(version_dir)
+    staging = version_dir.with_name(f".{version_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_KEY: model(normalize_intensity(image), training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=SIGNATURE_NAME,
+        fn=serve,
+        input_signature=[
+            tf.TensorSpec([None, INPUT_HEIGHT, INPUT_WIDTH, 1], tf.float32, name=INPUT_KEY)
+        ],
+    )
+    archive.write_out(str(staging), verbose=False)
+
+    metadata: dict[str, Any] = {
+        "name": model_name,
+        "version": int(version_dir.name),
+        "classes": list(CLASS_NAMES),
+        "positive_class": CLASS_NAMES[1],
+        "signature_name": SIGNATURE_NAME,
+        "input": {
+            "tensor": INPUT_KEY,
+            "height": INPUT_HEIGHT,
+            "width": INPUT_WIDTH,
+            "channels": 1,
+            "dtype": "float32",
+            "units": "raw intensity (any bit depth); normalised inside the graph",
+        },
+        "output": {"tensor": OUTPUT_KEY},
+        "preprocessing": {
+            "version": PREPROCESSING_VERSION,
+            "sha256": preprocessing_hash(),
+            "normalization": f"per-image percentile {LOW_PERCENTILE}-{HIGH_PERCENTILE} in graph",
+        },
+        "parameters": int(model.count_params()),
+    }
+    metadata.update(extra_metadata or {})
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    shutil.rmtree(version_dir, ignore_errors=True)
+    staging.rename(version_dir)
+    return version_dir
