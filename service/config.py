@@ -73,9 +73,39 @@ class Settings(BaseSettings):
 
     # --- TF Serving backend ---------------------------------------------------------------------
     tfserving_target: str = "localhost:8500"
+    """host:port of tensorflow_model_server's gRPC port."""
+
+    tfserving_model_name: str | None = None
+    """Model name inside TF Serving, when it differs from `model_name`."""
+
+    model_version_label: str | None = None
+    """TF Serving version label (e.g. 'stable'); exclusive with model_version."""
+
     grpc_timeout_s: float = Field(30.0, gt=0)
+    """Deadline of every Predict call; past it the request gets 504."""
+
+    grpc_max_message_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    """A batch of 8 full fields is 45 MB as float32: far past gRPC's 4 MB default."""
+
+    grpc_retries: int = Field(3, ge=0)
+    """Retries (with backoff) of calls that failed UNAVAILABLE before reaching the server."""
+
+    grpc_tls_ca_path: Path | None = None
+    """CA bundle: setting it switches the channel to TLS."""
+
+    grpc_tls_cert_path: Path | None = None
+    grpc_tls_key_path: Path | None = None
+
+    load_retry_max_s: float = Field(30.0, gt=0)
+    """Longest pause between attempts to load (or reach) the model while not ready."""
 
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _one_version_selector(self) -> Settings:
+        if self.model_version is not None and self.model_version_label is not None:
+            raise ValueError("set model_version or model_version_label, not both")
+        return self
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> Settings:

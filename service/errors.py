@@ -119,6 +119,13 @@ class BackendTimeout(ServiceError):
     code = "timeout"
 
 
+class BackendError(ServiceError):
+    """The remote model server answered with an error we cannot attribute to the request."""
+
+    status_code = 502
+    code = "backend_error"
+
+
 class BackendFailed(ServiceError):
     """The model call itself raised: only the requests in that batch get this."""
 

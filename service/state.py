@@ -36,6 +36,7 @@ class ServingState:
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
         self._ready = threading.Event()
+        self._closed = threading.Event()
         self._loader: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -46,16 +47,25 @@ class ServingState:
         self._loader.start()
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
-        """Block until ready (tests, CLI); False on timeout or load failure."""
-        if self._loader is not None:
-            self._loader.join(timeout_s)
-        return self._ready.is_set()
+        """Block until ready (tests, CLI); False on timeout."""
+        return self._ready.wait(timeout_s)
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        """Loaded, warmed up, and the model server (if remote) reachable."""
+        reachable = getattr(self.backend, "reachable", None)
+        return self._ready.is_set() and (reachable is None or reachable())
 
     def _load(self) -> None:
+        """Load, retrying with backoff: a model server that is down at start is waited for."""
+        pause_s = 0.5
+        while not self._closed.is_set():
+            if self._load_once():
+                return
+            self._closed.wait(pause_s)
+            pause_s = min(pause_s * 2, self.settings.load_retry_max_s)
+
+    def _load_once(self) -> bool:
         name = self.settings.model_name
         started = time.monotonic()
         metrics.READY.labels(name).set(0)
@@ -68,7 +78,8 @@ class ServingState:
             self.load_error = f"{type(err).__name__}: {err}"
             metrics.MODEL_LOADS.labels(name, str(self.settings.model_version or "latest"), "failed").inc()
             _log.error("model %s failed to load: %s", name, self.load_error)
-            return
+            return False
+        self.load_error = None
         version = str(info.version)
         self.batcher = MicroBatcher(
             self.backend.predict,
@@ -91,6 +102,7 @@ class ServingState:
             extra={"model": name, "version": info.version, "load_s": round(time.monotonic() - started, 3),
                    "batching": self.batcher.describe()},
         )
+        return True
 
     def _warm_up(self, info: ModelInfo) -> None:
         """Run each batch shape once: TF/oneDNN's first call per shape is ~10x slower."""
@@ -109,6 +121,7 @@ class ServingState:
 
     def close(self, timeout_s: float | None = None) -> None:
         """Drain the batcher and release the backend (worker exit, test teardown)."""
+        self._closed.set()
         if self.batcher is not None:
             self.batcher.close(timeout_s)
         self.backend.close()
@@ -117,7 +130,7 @@ class ServingState:
 
     def require_ready(self) -> tuple[ModelInfo, MicroBatcher]:
         """The loaded model and its batcher, or 503 while loading or after a failed load."""
-        if not self._ready.is_set() or self.info is None or self.batcher is None:
+        if not self.ready or self.info is None or self.batcher is None:
             reason = f" (load failed: {self.load_error})" if self.load_error else ""
             raise ModelNotReady(f"model '{self.settings.model_name}' is not ready{reason}")
         return self.info, self.batcher

@@ -187,15 +187,28 @@ def test_not_ready_until_loaded_then_503_for_predict() -> None:
     app.extensions["serving"].close()
 
 
-def test_failed_load_is_reported_not_raised() -> None:
-    class Broken(FakeBackend):
-        def load(self):  # type: ignore[no-untyped-def]
-            raise OSError("saved_model.pb is corrupt")
+def test_failed_load_is_reported_then_retried_until_it_succeeds() -> None:
+    attempts: list[int] = []
 
-    app = create_app(Settings(model_name="fake", warmup=False), Broken())
-    assert not app.extensions["serving"].wait_ready(5)
-    ready = app.test_client().get("/readyz")
+    class FlakyLoading(FakeBackend):
+        def load(self):  # type: ignore[no-untyped-def]
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise OSError("saved_model.pb is corrupt")
+            return super().load()
+
+    app = create_app(Settings(model_name="fake", warmup=False), FlakyLoading())
+    state = app.extensions["serving"]
+    client = app.test_client()
+    for _ in range(50):
+        if state.load_error:
+            break
+        threading.Event().wait(0.01)
+    ready = client.get("/readyz")
     assert ready.status_code == 503 and "corrupt" in ready.json["reason"]
+    assert state.wait_ready(10)  # retried with backoff (0.5 s, 1 s) and recovered
+    assert client.get("/readyz").status_code == 200 and len(attempts) == 3
+    state.close()
 
 
 def test_model_failure_is_a_json_5xx(rng: np.random.Generator) -> None:

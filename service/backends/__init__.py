@@ -78,4 +78,6 @@ def load_backend(settings: Settings) -> Backend:
         from service.backends.tensorflow_local import TensorflowLocalBackend
 
         return TensorflowLocalBackend(settings)
-    raise ValueError(f"backend {settings.backend!r} is not available yet")
+    from service.backends.tfserving_grpc import TfServingGrpcBackend
+
+    return TfServingGrpcBackend(settings)

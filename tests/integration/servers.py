@@ -41,29 +41,33 @@ class GunicornServer:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> GunicornServer:
+    def start(self, wait_ready: bool = True) -> GunicornServer:
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf",
              "service.app:create_app()"],
             cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
-        self.wait_ready()
+        self._wait_for("/readyz" if wait_ready else "/healthz")
         return self
 
     def wait_ready(self) -> None:
+        """Until /readyz says 200 (model loaded and warmed up)."""
+        self._wait_for("/readyz")
+
+    def _wait_for(self, path: str) -> None:
         deadline = time.monotonic() + self._ready_timeout_s
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}{path}", timeout=1).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"gunicorn not ready after {self._ready_timeout_s} s:\n{self.log()}")
+        raise TimeoutError(f"gunicorn: {path} not 200 after {self._ready_timeout_s} s:\n{self.log()[-3000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
