@@ -61,6 +61,10 @@ QUEUE_DEPTH = Gauge(
     "serving_queue_depth_images", "Images waiting for a batch, summed over workers.", ["model"],
     multiprocess_mode="livesum",
 )
+QUEUE_CAPACITY = Gauge(
+    "serving_queue_capacity_images", "max_queue_size, summed over workers (saturation = depth/capacity).",
+    ["model"], multiprocess_mode="livesum",
+)
 MODEL_LOADS = Counter(
     "serving_model_loads_total", "Model version load attempts by outcome.",
     ["model", "version", "outcome"],

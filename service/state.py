@@ -93,6 +93,7 @@ class ServingState:
             on_queue_depth=metrics.QUEUE_DEPTH.labels(name).set,
             name=name,
         )
+        metrics.QUEUE_CAPACITY.labels(name).set(self.settings.max_queue_size)
         metrics.MODEL_LOADS.labels(name, version, "loaded").inc()
         metrics.MODEL_LOADED.labels(name, version).set(1)
         metrics.READY.labels(name).set(1)
