@@ -10,33 +10,39 @@ import uuid
 from flask import Flask, Response, g, request
 
 from service import metrics
-from service.api import health, predict
-from service.backends import Backend, load_backend
+from service.api import health, predict, tfserving, v2
+from service.backends import Backend
 from service.config import Settings
 from service.errors import register_error_handlers
 from service.logs import configure_logging
-from service.state import ServingState
+from service.models import ModelManager
 
 _access_log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
-    """Build the app for one worker; the model loads in the background (see /readyz)."""
+    """Build the app for one worker; models load in the background (see /readyz).
+
+    `backend` injects one ready-made backend (tests, or a caller's own); otherwise the settings
+    choose the embedded repository or TF Serving over gRPC.
+    """
     settings = settings or Settings()
     configure_logging(settings.log_level)
     app = Flask(__name__)
     # Flask refuses larger bodies with 413 before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    state = ServingState(settings, backend or load_backend(settings))
-    app.extensions["serving"] = state
+    manager = ModelManager(settings, backend)
+    app.extensions["serving"] = manager
     register_error_handlers(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(predict.bp)
+    app.register_blueprint(tfserving.bp)
+    app.register_blueprint(v2.bp)
     app.add_url_rule("/metrics", "metrics", metrics.metrics_view)
     _install_request_hooks(app, settings.model_name)
-    state.start()
+    manager.start()
     return app
 
 
@@ -52,11 +58,12 @@ def _install_request_hooks(app: Flask, model_name: str) -> None:
         latency_s = time.monotonic() - g.get("started", time.monotonic())
         route = request.url_rule.rule if request.url_rule else "unmatched"
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        model = g.get("model") or model_name
         if route != "/metrics":
-            metrics.REQUESTS.labels(model_name, route, metrics.status_class(response.status_code)).inc()
-            metrics.REQUEST_LATENCY.labels(model_name, route).observe(latency_s)
+            metrics.REQUESTS.labels(model, route, metrics.status_class(response.status_code)).inc()
+            metrics.REQUEST_LATENCY.labels(model, route).observe(latency_s)
             if g.get("error_code"):
-                metrics.REJECTIONS.labels(model_name, g.error_code).inc()
+                metrics.REJECTIONS.labels(model, g.error_code).inc()
         _access_log.info(
             "request",
             extra={

@@ -187,6 +187,14 @@ class MicroBatcher:
         self._report_depth(depth)
         return job
 
+    def ensure_room(self, images: int) -> None:
+        """Shed load before a request pays for decoding, when its images obviously cannot fit."""
+        if self._queued_rows + images > self.max_queue_size:
+            raise QueueFull(
+                f"queue holds {self._queued_rows} of {self.max_queue_size} images",
+                retry_after_s=self._retry_after_s(),
+            )
+
     def abandon(self, job: BatchJob) -> None:
         """Give up on a job (its caller timed out): images not yet started leave the queue."""
         with self._cond:

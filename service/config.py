@@ -28,6 +28,13 @@ class Settings(BaseSettings):
     model_version: int | None = None
     """Pin one version; the highest version in the repository when unset."""
 
+    model_config_file: Path | None = None
+    """TF Serving's models.config (text format): models, base paths, version policies, labels."""
+
+    repository_poll_interval_s: float = Field(2.0, ge=0)
+    """How often the repository is checked for new versions (TF Serving's
+    file_system_poll_wait_seconds); 0 loads once and never reloads."""
+
     signature_name: str = "serving_default"
 
     # --- input limits -------------------------------------------------------------------------

@@ -37,11 +37,11 @@ errorlog = "-"
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Drain the worker's batcher so accepted images are answered before the process ends."""
+    """Drain the worker's batchers so accepted images are answered before the process ends."""
     app = getattr(worker, "wsgi", None)
-    state = getattr(app, "extensions", {}).get("serving") if app is not None else None
-    if state is not None:
-        state.close(timeout_s=_server.graceful_timeout_s)
+    manager = getattr(app, "extensions", {}).get("serving") if app is not None else None
+    if manager is not None:
+        manager.close(timeout_s=_server.graceful_timeout_s)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -45,6 +45,8 @@ class ModelInfo:
     channels: int
     classes: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    """The version's directory, when it is on this machine."""
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for status routes and logs."""
@@ -65,7 +67,12 @@ class ModelInfo:
 
 def list_versions(root: Path, name: str) -> list[int]:
     """Complete versions of `name`, ascending; half-written or hidden directories are skipped."""
-    model_dir = Path(root) / name
+    return versions_in(Path(root) / name)
+
+
+def versions_in(model_dir: Path) -> list[int]:
+    """Complete versions in one model's directory (its TF Serving base_path), ascending."""
+    model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
     versions = [
@@ -93,15 +100,16 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
     return metadata
 
 
-def resolve(root: Path, name: str, version: int | None = None) -> ModelVersion:
+def resolve(root: Path, name: str, version: int | None = None, model_dir: Path | None = None) -> ModelVersion:
     """Find `name` at `version` (latest when None) or raise ModelNotFound."""
-    versions = list_versions(root, name)
+    model_dir = Path(model_dir) if model_dir is not None else Path(root) / name
+    versions = versions_in(model_dir)
     if not versions:
         raise ModelNotFound(f"model '{name}' is not in the repository")
     chosen = versions[-1] if version is None else version
     if chosen not in versions:
         raise ModelNotFound(f"model '{name}' has no version {chosen} (has {versions})")
-    path = Path(root) / name / str(chosen)
+    path = model_dir / str(chosen)
     metadata = read_metadata(path)
     _warn_on_preprocessing_skew(name, chosen, metadata)
     return ModelVersion(name=name, version=chosen, path=path, metadata=metadata)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _WELL_PATTERN = r"^[A-Pa-p](0?[1-9]|1[0-9]|2[0-4])$"  # 6- to 384-well plates: A1..P24
 
@@ -40,6 +42,7 @@ class PredictParams(BaseModel):
 
     page: int = Field(0, ge=0, le=100_000, description="TIFF page for multipart/raw bodies.")
     model: str | None = Field(None, max_length=128, description="Model name; the default if unset.")
+    version: int | None = Field(None, ge=1, description="Pin a model version; the newest if unset.")
 
 
 class Prediction(SampleInfo):
@@ -70,3 +73,158 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --- health and status --------------------------------------------------------------------------
+
+
+class HealthResponse(BaseModel):
+    status: Literal["alive"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    models: dict[str, list[int | None]] | None = Field(None, description="Available versions per model.")
+    reason: str | None = Field(None, description="Why not ready: loading, or the last load error.")
+
+
+class StatusResponse(BaseModel):
+    """Models, versions, states, signatures, devices and batching (shape may grow)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ready: bool
+    backend: str
+    default_model: str
+    models: dict[str, Any]
+
+
+# --- TF Serving REST v1 ----------------------------------------------------------------------------
+
+
+class TfServingError(BaseModel):
+    error: str
+
+
+class TfServingVersionStatus(BaseModel):
+    class Status(BaseModel):
+        error_code: str
+        error_message: str
+
+    version: str
+    state: Literal["LOADING", "AVAILABLE", "UNLOADING", "END"]
+    status: Status
+
+
+class TfServingStatusResponse(BaseModel):
+    model_version_status: list[TfServingVersionStatus]
+
+
+class TfServingMetadataResponse(BaseModel):
+    model_spec: dict[str, str]
+    metadata: dict[str, Any]
+
+
+class TfServingPredictRequest(BaseModel):
+    """TF Serving's predict body: row (`instances`) or columnar (`inputs`) form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signature_name: str | None = None
+    instances: list[Any] | None = None
+    inputs: Any = None
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> TfServingPredictRequest:
+        if (self.instances is None) == (self.inputs is None):
+            raise ValueError("exactly one of 'instances' (row format) or 'inputs' (columnar format) is required")
+        return self
+
+
+class TfServingPredictResponse(BaseModel):
+    predictions: list[list[float]] | None = None
+    outputs: list[list[float]] | None = None
+
+
+# --- Open Inference Protocol v2 --------------------------------------------------------------------
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] | None = None
+
+
+class V2RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int] = Field(min_length=1, max_length=4)
+    datatype: Literal["FP32", "UINT8", "UINT16", "BYTES"]
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class V2RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferenceRequest(BaseModel):
+    """The v2 inference request body (the JSON part when the binary extension is used)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, max_length=256)
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2RequestInput] = Field(min_length=1, max_length=1)
+    outputs: list[V2RequestOutput] | None = None
+
+
+class V2ResponseOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2ResponseOutput]

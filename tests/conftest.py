@@ -43,10 +43,10 @@ def backend() -> FakeBackend:
 @pytest.fixture
 def app(settings: Settings, backend: FakeBackend) -> Iterator[Flask]:
     app = create_app(settings, backend)
-    state = app.extensions["serving"]
-    assert state.wait_ready(10), state.load_error
+    manager = app.extensions["serving"]
+    assert manager.wait_ready(10), manager.not_ready_reason()
     yield app
-    state.close(timeout_s=5)
+    manager.close(timeout_s=5)
 
 
 @pytest.fixture

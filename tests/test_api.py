@@ -162,8 +162,9 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json["status"] == "ready"
     status = client.get("/status").json
-    assert status["batching"]["policy"] == "fixed"
-    assert status["model"]["input"]["shape"] == [None, FAKE_HEIGHT, FAKE_WIDTH, 1]
+    [version] = status["models"]["fake"]["versions"]
+    assert version["state"] == "AVAILABLE" and version["batching"]["policy"] == "fixed"
+    assert status["models"]["fake"]["signature"]["input"]["shape"] == [None, FAKE_HEIGHT, FAKE_WIDTH, 1]
 
 
 def test_not_ready_until_loaded_then_503_for_predict() -> None:
@@ -201,7 +202,7 @@ def test_failed_load_is_reported_then_retried_until_it_succeeds() -> None:
     state = app.extensions["serving"]
     client = app.test_client()
     for _ in range(50):
-        if state.load_error:
+        if state.errors:
             break
         threading.Event().wait(0.01)
     ready = client.get("/readyz")
@@ -229,7 +230,7 @@ def test_timeout_is_504_and_frees_the_queue(rng: np.random.Generator) -> None:
     pixels = rng.integers(0, 255, size=(FAKE_HEIGHT, FAKE_WIDTH), dtype=np.uint8)
     response = app.test_client().post("/predict", data=_png(pixels), content_type="image/png")
     assert response.status_code == 504 and response.json["error"]["code"] == "timeout"
-    assert state.batcher.queued_images == 0
+    assert state.get().batcher.queued_images == 0
     gate.set()
     state.close()
 

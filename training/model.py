@@ -48,6 +48,7 @@ def export_model(
     version_dir: Path,
     *,
     model_name: str = "cpe_cnn",
+    classes: tuple[str, ...] = CLASS_NAMES,
     extra_metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write `version_dir` as a SavedModel with a normalising `serving_default` + metadata.json.
@@ -56,6 +57,7 @@ def export_model(
     sees a half-written version.
     """
     version_dir = Path(version_dir)
+    _, height, width, channels = model.input_shape
     staging = version_dir.with_name(f".{version_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -68,7 +70,7 @@ def export_model(
         name=SIGNATURE_NAME,
         fn=serve,
         input_signature=[
-            tf.TensorSpec([None, INPUT_HEIGHT, INPUT_WIDTH, 1], tf.float32, name=INPUT_KEY)
+            tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_KEY)
         ],
     )
     archive.write_out(str(staging), verbose=False)
@@ -76,14 +78,14 @@ def export_model(
     metadata: dict[str, Any] = {
         "name": model_name,
         "version": int(version_dir.name),
-        "classes": list(CLASS_NAMES),
-        "positive_class": CLASS_NAMES[1],
+        "classes": list(classes),
+        "positive_class": classes[-1],
         "signature_name": SIGNATURE_NAME,
         "input": {
             "tensor": INPUT_KEY,
-            "height": INPUT_HEIGHT,
-            "width": INPUT_WIDTH,
-            "channels": 1,
+            "height": height,
+            "width": width,
+            "channels": channels,
             "dtype": "float32",
             "units": "raw intensity (any bit depth); normalised inside the graph",
         },
@@ -100,3 +102,23 @@ def export_model(
     shutil.rmtree(version_dir, ignore_errors=True)
     staging.rename(version_dir)
     return version_dir
+
+
+def write_warmup_requests(version_dir: Path, batch: Any, *, model_name: str = "cpe_cnn") -> Path:
+    """Write TF Serving's `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords).
+
+    TF Serving and this service replay them before a version takes traffic. Not written for
+    the committed model: one 1360x1024 float32 request alone would break its 5 MB budget.
+    """
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SIGNATURE_NAME)
+    )
+    request.inputs[INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.float32))
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    path = Path(version_dir) / "assets.extra" / "tf_serving_warmup_requests"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(log.SerializeToString())
+    return path

@@ -1,10 +1,10 @@
-"""GET /healthz (the process answers), /readyz (model loaded and warmed up), /status."""
+"""GET /healthz (the process answers), /readyz (models loaded and warmed up), /status."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from service.state import get_state
+from service.models import get_manager
 
 bp = Blueprint("health", __name__)
 
@@ -20,17 +20,15 @@ def healthz() -> Response:
 
 @bp.get(READINESS_PATH)
 def readyz() -> tuple[Response, int]:
-    """Ready once the model is loaded and a warm-up call at every batch size succeeded."""
-    state = get_state()
-    if state.ready and state.info is not None:
-        return jsonify({"status": "ready", "model": state.info.name, "version": state.info.version}), 200
-    body = {"status": "not_ready", "model": state.settings.model_name}
-    if state.load_error:
-        body["reason"] = state.load_error
-    return jsonify(body), 503
+    """Ready once every model has a version loaded and warmed up (and its backend reachable)."""
+    manager = get_manager()
+    if manager.ready:
+        served = {name: [s.version for s in manager.versions(name) if s.available] for name in manager.model_names()}
+        return jsonify({"status": "ready", "models": served}), 200
+    return jsonify({"status": "not_ready", "reason": manager.not_ready_reason()}), 503
 
 
 @bp.get("/status")
 def status() -> Response:
-    """Model signature, backend, devices and the active batching policy."""
-    return jsonify(get_state().describe())
+    """Models, versions and their states, signatures, devices, and the active batching policy."""
+    return jsonify(get_manager().describe())

@@ -11,21 +11,12 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 from numpy.typing import NDArray
 
-from service import metrics
-from service.codecs.images import ImageLimits, decode_image
-from service.errors import (
-    InvalidBase64,
-    InvalidInput,
-    ModelNotFound,
-    NoImage,
-    QueueFull,
-    TooManyImages,
-    UnsupportedMediaType,
-)
-from service.preprocessing import prepare
+from service.codecs.images import ImageLimits
+from service.errors import InvalidBase64, InvalidInput, NoImage, TooManyImages, UnsupportedMediaType
+from service.inference import ImageInput, class_names, label_and_observe, prepare_inputs
+from service.models import get_manager
 from service.repository import ModelInfo
 from service.schemas import PredictParams, PredictRequest, Prediction, PredictResponse, SampleInfo
-from service.state import ServingState, get_state
 
 bp = Blueprint("predict", __name__)
 
@@ -99,54 +90,39 @@ def _check_count(count: int, max_images: int) -> None:
         raise TooManyImages(f"{count} images in one request; the limit is {max_images}")
 
 
-def _prepare_all(uploads: list[Upload], info: ModelInfo, limits: ImageLimits) -> NDArray[np.float32]:
-    batch = np.empty((len(uploads), info.height, info.width, info.channels), dtype=np.float32)
-    for index, upload in enumerate(uploads):
-        pixels = decode_image(upload.data, page=upload.page, limits=limits)
-        batch[index] = prepare(pixels, info.height, info.width, info.channels)
-    return batch
-
-
 def _predictions(probabilities: NDArray[np.float32], uploads: list[Upload], info: ModelInfo) -> list[Prediction]:
-    classes = info.classes or tuple(f"class_{i}" for i in range(probabilities.shape[1]))
-    version = str(info.version)
-    results = []
-    for row, upload in zip(probabilities, uploads):
-        best = int(np.argmax(row))
-        metrics.PREDICTIONS.labels(info.name, version, classes[best]).inc()
-        metrics.CONFIDENCE.labels(info.name, version).observe(float(row[best]))
-        results.append(
-            Prediction(
-                **upload.sample.model_dump(),
-                label=classes[best],
-                probabilities={name: float(p) for name, p in zip(classes, row)},
-                model=info.name,
-                model_version=info.version,
-            )
+    names = class_names(info, probabilities.shape[1])
+    labels = label_and_observe(probabilities, info)
+    return [
+        Prediction(
+            **upload.sample.model_dump(),
+            label=label,
+            probabilities={name: float(p) for name, p in zip(names, row)},
+            model=info.name,
+            model_version=info.version,
         )
-    metrics.IMAGES.labels(info.name, version).inc(len(results))
-    return results
+        for row, upload, label in zip(probabilities, uploads, labels)
+    ]
 
 
 @bp.post("/predict")
 def predict() -> Response:
     """Classify every image in the request; answers in the order the images were sent."""
-    started = time.monotonic()
-    state: ServingState = get_state()
+    deadline = time.monotonic()
+    manager = get_manager()
+    settings = manager.settings
+    deadline += settings.request_timeout_s
     params = PredictParams.model_validate(request.args.to_dict())
-    if params.model is not None and params.model != state.settings.model_name:
-        raise ModelNotFound(f"model '{params.model}' is not served here")
-    info, batcher = state.require_ready()
-    uploads = _uploads_from_request(params, state.settings.max_images_per_request)
+    g.model = params.model or manager.default_model()
+    manager.get(params.model, params.version)  # 404 / 503 before reading a large body
+    uploads = _uploads_from_request(params, settings.max_images_per_request)
     g.images = len(uploads)
-    # Shed load before paying for decoding when the queue obviously cannot take the images.
-    if batcher.queued_images + len(uploads) > batcher.max_queue_size:
-        raise QueueFull("queue is full", retry_after_s=1)
-    limits = ImageLimits(state.settings.max_image_pixels, state.settings.min_image_side_px)
-    decode_started = time.monotonic()
-    batch = _prepare_all(uploads, info, limits)
-    metrics.DECODE_LATENCY.labels(info.name).observe(time.monotonic() - decode_started)
-    probabilities, g.batch_ids = state.run(batch, waited_s=time.monotonic() - started)
+    limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)
+    encoded: list[ImageInput] = [(upload.data, upload.page) for upload in uploads]
+    probabilities, info, g.batch_ids = manager.infer(
+        lambda info: prepare_inputs(encoded, info, limits),
+        count=len(uploads), name=params.model, version=params.version, deadline=deadline,
+    )
     response = PredictResponse(
         request_id=g.request_id,
         model=info.name,

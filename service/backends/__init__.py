@@ -62,6 +62,7 @@ def build_model_info(
         channels=channels,
         classes=classes,
         metadata=metadata,
+        path=version.path if version.path.is_dir() else None,
     )
 
 
@@ -73,11 +74,10 @@ def _only(keys: Mapping[str, object] | Sequence[str], what: str) -> str:
 
 
 def load_backend(settings: Settings) -> Backend:
-    """The backend the settings name; imported lazily so each pulls in only its own stack."""
-    if settings.backend == "tensorflow_local":
-        from service.backends.tensorflow_local import TensorflowLocalBackend
-
-        return TensorflowLocalBackend(settings)
+    """The remote backend the settings name (the embedded one is made per version by
+    `service.models.ModelManager`); imported lazily so each pulls in only its own stack."""
+    if settings.backend != "tfserving_grpc":
+        raise ValueError(f"backend {settings.backend!r} is created per model version")
     from service.backends.tfserving_grpc import TfServingGrpcBackend
 
     return TfServingGrpcBackend(settings)

@@ -10,15 +10,23 @@ from numpy.typing import NDArray
 
 from service.backends import build_model_info
 from service.config import Settings
-from service.repository import ModelInfo, resolve
+from service.repository import ModelInfo, ModelVersion
 
 _log = logging.getLogger(__name__)
 
 
+_devices: list[str] = []
+
+
 def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> list[str]:
-    """Set thread pools and GPU memory growth before TF runs anything; return the devices used."""
+    """Set thread pools and GPU memory growth before TF runs anything; return the devices used.
+
+    Once per process: every model version in the worker shares TensorFlow's runtime.
+    """
     import tensorflow as tf
 
+    if _devices:
+        return _devices
     try:
         if intra_op_threads:
             tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
@@ -33,18 +41,19 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> list[s
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
-    devices = [gpu.name for gpu in gpus] or ["/physical_device:CPU:0"]
-    _log.info("TensorFlow %s on %s", tf.__version__, ", ".join(devices))
-    return devices
+    _devices.extend([gpu.name for gpu in gpus] or ["/physical_device:CPU:0"])
+    _log.info("TensorFlow %s on %s", tf.__version__, ", ".join(_devices))
+    return _devices
 
 
 class TensorflowLocalBackend:
-    """Runs the serving signature of a SavedModel in-process."""
+    """Runs the serving signature of one SavedModel version in-process."""
 
     name = "tensorflow_local"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, version: ModelVersion) -> None:
         self._settings = settings
+        self._version = version
         self._function: Any = None
         self._loaded: Any = None
         self.devices: list[str] = []
@@ -55,7 +64,7 @@ class TensorflowLocalBackend:
 
         settings = self._settings
         self.devices = configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
-        version = resolve(settings.model_repository, settings.model_name, settings.model_version)
+        version = self._version
         self._loaded = tf.saved_model.load(str(version.path))
         signature_name = version.metadata.get("signature_name", settings.signature_name)
         if signature_name not in self._loaded.signatures:

@@ -86,7 +86,8 @@ def test_predictions_equal_the_local_backend(standin: StandIn, tmp_path: Path) -
     with _grpc_server(tmp_path, standin.port) as server:
         status = requests.get(f"{server.url}/status", timeout=5).json()
         assert status["backend"] == "tfserving_grpc"
-        assert status["model"]["input"]["shape"] == [None, HEIGHT, WIDTH, 1]  # from GetModelMetadata
+        signature = status["models"]["cpe_cnn"]["signature"]
+        assert signature["input"]["shape"] == [None, HEIGHT, WIDTH, 1]  # from GetModelMetadata
         for data, want in zip(encoded, expected):
             response = requests.post(f"{server.url}/predict", data=data, headers=TIFF, timeout=60)
             assert response.status_code == 200, response.text
@@ -162,8 +163,11 @@ def test_wrong_signature_is_caught_from_metadata(standin: StandIn, tmp_path: Pat
     with pytest.raises(TimeoutError):
         server.start()
     try:
-        ready = requests.get(f"{server.url}/readyz", timeout=5).json()
-        assert ready["reason"].startswith("InvalidInput") and "no signature 'nope'" in ready["reason"]
+        reason, deadline = "", time.monotonic() + 60
+        while "signature" not in reason and time.monotonic() < deadline:
+            reason = requests.get(f"{server.url}/readyz", timeout=5).json()["reason"]
+            time.sleep(0.2)
+        assert "InvalidInput" in reason and "no signature 'nope'" in reason
         response = requests.post(f"{server.url}/predict", data=_field(6), headers=TIFF, timeout=10)
         assert response.status_code == 503 and "nope" in response.json()["error"]["message"]
     finally:

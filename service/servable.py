@@ -1,0 +1,186 @@
+"""One model version loaded in this worker: its backend, its batcher, its lifecycle state.
+
+States follow TF Serving's ModelVersionStatus (LOADING -> AVAILABLE -> UNLOADING -> END); a
+version that failed to load stays visible as END with its error, as TF Serving reports it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service import metrics
+from service.backends import Backend
+from service.batching import BatchJob, BatchReport, MicroBatcher, allowed_batch_sizes
+from service.config import Settings
+from service.errors import BackendTimeout, ModelNotReady
+from service.repository import ModelInfo
+
+_log = logging.getLogger(__name__)
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+class ServableState(str, enum.Enum):
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+class Servable:
+    """Load, warm up, serve through a batcher, and drain on unload."""
+
+    def __init__(self, settings: Settings, backend: Backend, name: str, version_hint: int | None = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.name = name
+        self.version_hint = version_hint
+        self.state = ServableState.LOADING
+        self.error: str | None = None
+        self.info: ModelInfo | None = None
+        self.batcher: MicroBatcher | None = None
+        self.warmup_source = "none"
+
+    @property
+    def version(self) -> int | None:
+        return self.info.version if self.info is not None else self.version_hint
+
+    @property
+    def available(self) -> bool:
+        """AVAILABLE and, for a remote backend, its server reachable."""
+        reachable = getattr(self.backend, "reachable", None)
+        return self.state is ServableState.AVAILABLE and (reachable is None or bool(reachable()))
+
+    def load(self) -> ModelInfo:
+        """Load and warm up; raises on failure (the manager decides whether to retry)."""
+        started = time.monotonic()
+        self.state = ServableState.LOADING
+        try:
+            info = self.backend.load()
+            self.info = info
+            if self.settings.warmup:
+                self._warm_up(info)
+        except Exception as err:
+            self.error = f"{type(err).__name__}: {err}"
+            self.state = ServableState.END
+            metrics.MODEL_LOADS.labels(self.name, str(self.version_hint or "unknown"), "failed").inc()
+            raise
+        self.batcher = MicroBatcher(
+            self.backend.predict,
+            policy=self.settings.batching,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
+            max_queue_size=self.settings.max_queue_size,
+            target_latency_s=self.settings.target_latency_ms / 1000,
+            pad_batches=self.settings.pad_to_allowed_batch_sizes,
+            on_batch=self._observe_batch,
+            on_queue_depth=metrics.QUEUE_DEPTH.labels(self.name).set,
+            name=f"{self.name}-{info.version}",
+        )
+        self.error = None
+        self.state = ServableState.AVAILABLE
+        version = str(info.version)
+        metrics.QUEUE_CAPACITY.labels(self.name).set(self.settings.max_queue_size)
+        metrics.MODEL_LOADS.labels(self.name, version, "loaded").inc()
+        metrics.MODEL_LOADED.labels(self.name, version).set(1)
+        _log.info(
+            "model version available",
+            extra={"model": self.name, "version": info.version, "warmup": self.warmup_source,
+                   "load_s": round(time.monotonic() - started, 3), "batching": self.batcher.describe()},
+        )
+        return info
+
+    def _warm_up(self, info: ModelInfo) -> None:
+        """Run every batch shape once (TF's first call per shape is ~10x slower).
+
+        Inputs come from TF Serving's `assets.extra/tf_serving_warmup_requests` when the version
+        ships one, synthetic noise otherwise.
+        """
+        sample = self._recorded_warmup_inputs(info)
+        self.warmup_source = "tf_serving_warmup_requests" if sample is not None else "synthetic"
+        if sample is None:
+            rng = np.random.default_rng(0)
+            sample = rng.uniform(0, 4095, size=(1, info.height, info.width, info.channels)).astype(np.float32)
+        if self.settings.pad_to_allowed_batch_sizes:
+            sizes = allowed_batch_sizes(self.settings.max_batch_size)
+        else:
+            sizes = list(range(1, self.settings.max_batch_size + 1))
+        for size in sizes:
+            batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
+            out = self.backend.predict(batch)
+            if out.shape[0] != size:
+                raise RuntimeError(f"warm-up batch of {size} returned {out.shape[0]} rows")
+
+    def _recorded_warmup_inputs(self, info: ModelInfo) -> NDArray[np.float32] | None:
+        record_file = info.path / WARMUP_FILE if info.path is not None else None
+        if record_file is None or not record_file.is_file():
+            return None
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        arrays = []
+        for record in tf.data.TFRecordDataset(str(record_file)).take(16):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            tensor = log.predict_log.request.inputs.get(info.input_key)
+            if tensor is not None:
+                arrays.append(tf.make_ndarray(tensor).astype(np.float32))
+        if not arrays:
+            raise ValueError(f"{record_file} holds no PredictRequest for input '{info.input_key}'")
+        return np.concatenate(arrays)
+
+    def run(self, rows: NDArray[np.float32], timeout_s: float) -> tuple[NDArray[np.float32], list[int]]:
+        """Send prepared images through the batcher; return their outputs and batch ids.
+
+        Raises:
+            ModelNotReady: the version is not AVAILABLE (503).
+            QueueFull / ShuttingDown: shed or draining (503 + Retry-After).
+            BackendTimeout: no answer within timeout_s (504); the images leave the queue.
+        """
+        if not self.available or self.batcher is None:
+            raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
+        job: BatchJob = self.batcher.submit(rows)
+        try:
+            return job.future.result(timeout=max(timeout_s, 0.001)), job.batch_ids
+        except TimeoutError as err:
+            self.batcher.abandon(job)
+            raise BackendTimeout(
+                f"no answer within {self.settings.request_timeout_s:g} s "
+                f"({len(rows)} images, {self.batcher.queued_images} queued)"
+            ) from err
+
+    def unload(self, timeout_s: float | None = None) -> None:
+        """Stop taking work, answer everything already queued, then release the model."""
+        if self.state is ServableState.END and self.batcher is None:
+            return
+        self.state = ServableState.UNLOADING
+        if self.batcher is not None:
+            self.batcher.close(timeout_s)
+        self.backend.close()
+        if self.info is not None:
+            metrics.MODEL_LOADED.labels(self.name, str(self.info.version)).set(0)
+        self.state = ServableState.END
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "state": self.state.value,
+            "error": self.error,
+            "warmup": self.warmup_source,
+            "batching": self.batcher.describe() if self.batcher is not None else None,
+        }
+
+    def _observe_batch(self, report: BatchReport) -> None:
+        version = str(self.version)
+        metrics.BATCH_SIZE.labels(self.name).observe(report.size)
+        metrics.MODEL_LATENCY.labels(self.name, version, self.backend.name).observe(report.run_s)
+        for wait_s in report.queue_wait_s:
+            metrics.QUEUE_WAIT.labels(self.name).observe(wait_s)
+        if report.failed:
+            metrics.BATCH_FAILURES.labels(self.name).inc()
