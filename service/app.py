@@ -16,6 +16,7 @@ from service.config import Settings
 from service.errors import register_error_handlers
 from service.logs import configure_logging
 from service.models import ModelManager
+from service.openapi import TEXT, docs_view, document, openapi_view
 
 _access_log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -40,7 +41,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.register_blueprint(predict.bp)
     app.register_blueprint(tfserving.bp)
     app.register_blueprint(v2.bp)
-    app.add_url_rule("/metrics", "metrics", metrics.metrics_view)
+    app.add_url_rule(
+        "/metrics", "metrics",
+        document("Prometheus metrics", tag="health", responses={200: TEXT}, response_media="text/plain")(
+            metrics.metrics_view),
+    )
+    app.add_url_rule("/openapi.json", "openapi", openapi_view)
+    app.add_url_rule("/docs", "docs", docs_view)
     _install_request_hooks(app, settings.model_name)
     manager.start()
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, jsonify
+from flask import Flask, Response, g, has_request_context, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -133,11 +133,21 @@ class BackendFailed(ServiceError):
     code = "model_error"
 
 
+PROTOCOL_PREFIXES = ("/v1/", "/v2/")
+
+
 def error_response(status: int, code: str, message: str, details: Any = None,
                    headers: dict[str, str] | None = None) -> Response:
     """Build the one error body shape; also used by the request-size guard."""
     if has_request_context():
         g.error_code = code  # read by the access log and the rejections metric
+        if request.path.startswith(PROTOCOL_PREFIXES) or request.path == "/v2":
+            # TF Serving REST and the Open Inference Protocol answer {"error": "<message>"}, and
+            # know no 422: their clients see the shape and statuses they were written for.
+            response = jsonify({"error": message})
+            response.status_code = 400 if status == 422 else status
+            response.headers.update(headers or {})
+            return response
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
@@ -160,7 +170,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _validation_error(err: ValidationError) -> Response:
         details = err.errors(include_url=False, include_context=False, include_input=False)
-        return error_response(422, "validation_error", "request failed validation", details)
+        first = details[0] if details else {"loc": (), "msg": "invalid"}
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        return error_response(422, "validation_error", f"request failed validation: {where}: {first['msg']}", details)
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:

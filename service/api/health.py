@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify
 
 from service.models import get_manager
+from service.openapi import document
+from service.schemas import HealthResponse, ReadyResponse, StatusResponse
 
 bp = Blueprint("health", __name__)
 
@@ -13,12 +15,15 @@ READINESS_PATH = "/readyz"
 
 
 @bp.get(LIVENESS_PATH)
+@document("Liveness: the worker answers", tag="health", responses={200: HealthResponse})
 def healthz() -> Response:
     """Alive: the worker answers HTTP. Never touches the model, so a slow load is not a restart."""
     return jsonify({"status": "alive"})
 
 
 @bp.get(READINESS_PATH)
+@document("Readiness: every model loaded and warmed up", tag="health",
+          responses={200: ReadyResponse, 503: ReadyResponse})
 def readyz() -> tuple[Response, int]:
     """Ready once every model has a version loaded and warmed up (and its backend reachable)."""
     manager = get_manager()
@@ -29,6 +34,7 @@ def readyz() -> tuple[Response, int]:
 
 
 @bp.get("/status")
+@document("Models, versions, signatures and batching", tag="health", responses={200: StatusResponse})
 def status() -> Response:
     """Models, versions and their states, signatures, devices, and the active batching policy."""
     return jsonify(get_manager().describe())

@@ -16,7 +16,15 @@ from service.errors import InvalidBase64, InvalidInput, NoImage, TooManyImages, 
 from service.inference import ImageInput, class_names, label_and_observe, prepare_inputs
 from service.models import get_manager
 from service.repository import ModelInfo
-from service.schemas import PredictParams, PredictRequest, Prediction, PredictResponse, SampleInfo
+from service.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
+from service.schemas import (
+    ErrorResponse,
+    PredictParams,
+    PredictRequest,
+    Prediction,
+    PredictResponse,
+    SampleInfo,
+)
 
 bp = Blueprint("predict", __name__)
 
@@ -106,6 +114,14 @@ def _predictions(probabilities: NDArray[np.float32], uploads: list[Upload], info
 
 
 @bp.post("/predict")
+@document(
+    "Classify images (multipart, raw bytes or base64 JSON); answers in order",
+    tag="predict",
+    body={"application/json": PredictRequest, "multipart/form-data": MULTIPART_IMAGES, **IMAGE_BODY},
+    query=PredictParams,
+    responses={status: (PredictResponse if status == 200 else ErrorResponse)
+               for status in (200, 400, 404, 413, 415, 422, 500, 502, 503, 504)},
+)
 def predict() -> Response:
     """Classify every image in the request; answers in the order the images were sent."""
     deadline = time.monotonic()

@@ -19,32 +19,23 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 from google.protobuf import json_format
-from pydantic import ValidationError
 
 from service.codecs.images import ImageLimits
-from service.errors import InvalidInput, ServiceError, TooManyImages
+from service.errors import InvalidInput, TooManyImages
 from service.inference import ImageInput, label_and_observe, prepare_inputs
 from service.models import get_manager
 from service.repository import ModelInfo
-from service.schemas import TfServingPredictRequest
+from service.openapi import document
+from service.schemas import (
+    TfServingError,
+    TfServingMetadataResponse,
+    TfServingPredictRequest,
+    TfServingPredictResponse,
+    TfServingStatusResponse,
+)
 from service.servable import Servable
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
-
-
-@bp.errorhandler(ServiceError)
-def _tfserving_error(err: ServiceError) -> tuple[Response, int, dict[str, str]]:
-    g.error_code = err.code
-    # This protocol has no 422: its invalid arguments are all 400.
-    status = 400 if err.status_code == 422 else err.status_code
-    return jsonify({"error": err.message}), status, err.headers()
-
-
-@bp.errorhandler(ValidationError)
-def _tfserving_validation_error(err: ValidationError) -> tuple[Response, int]:
-    g.error_code = "validation_error"
-    first = err.errors(include_url=False)[0]
-    return jsonify({"error": f"{'.'.join(map(str, first['loc']))}: {first['msg']}"}), 400
 
 
 # --- status and metadata ----------------------------------------------------------------------
@@ -71,6 +62,8 @@ def _selected(name: str, version: int | None, label: str | None) -> list[Servabl
 @bp.get("/<name>")
 @bp.get("/<name>/versions/<int:version>")
 @bp.get("/<name>/labels/<label>")
+@document("TF Serving GetModelStatus", tag="tfserving-v1",
+          responses={200: TfServingStatusResponse, 404: TfServingError})
 def model_status(name: str, version: int | None = None, label: str | None = None) -> Response:
     """GetModelStatus over REST."""
     g.model = name
@@ -112,6 +105,8 @@ def signature_def_map(info: ModelInfo) -> dict[str, Any]:
 @bp.get("/<name>/metadata")
 @bp.get("/<name>/versions/<int:version>/metadata")
 @bp.get("/<name>/labels/<label>/metadata")
+@document("TF Serving GetModelMetadata (signature_def)", tag="tfserving-v1",
+          responses={200: TfServingMetadataResponse, 404: TfServingError, 503: TfServingError})
 def model_metadata(name: str, version: int | None = None, label: str | None = None) -> Response:
     """GetModelMetadata over REST (signature_def only, as TF Serving)."""
     g.model = name
@@ -161,6 +156,12 @@ def _columnar_values(inputs: Any, input_key: str) -> list[Any]:
 @bp.post("/<name>:predict")
 @bp.post("/<name>/versions/<int:version>:predict")
 @bp.post("/<name>/labels/<label>:predict")
+@document(
+    "TF Serving Predict, row or columnar; numeric instances or {b64} images", tag="tfserving-v1",
+    body={"application/json": TfServingPredictRequest},
+    responses={status: (TfServingPredictResponse if status == 200 else TfServingError)
+               for status in (200, 400, 404, 413, 500, 502, 503, 504)},
+)
 def predict(name: str, version: int | None = None, label: str | None = None) -> Response:
     """Predict in row or columnar form; answers in the same form."""
     deadline = time.monotonic()

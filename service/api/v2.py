@@ -18,13 +18,24 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 from numpy.typing import NDArray
-from pydantic import ValidationError
 
 from service.codecs.images import ImageLimits
-from service.errors import InvalidInput, ServiceError, TooManyImages
+from service.errors import InvalidInput, ModelNotFound, TooManyImages
 from service.inference import ImageInput, label_and_observe, prepare_inputs
 from service.models import get_manager
-from service.schemas import V2InferenceRequest, V2RequestInput, V2RequestOutput
+from service.openapi import document
+from service.schemas import (
+    V2Error,
+    V2InferenceRequest,
+    V2InferenceResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2RequestInput,
+    V2RequestOutput,
+    V2ServerMetadata,
+)
 from service.servable import Servable
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -36,35 +47,23 @@ LABEL_OUTPUT = "label"
 _NUMPY_TYPES = {"FP32": np.float32, "UINT8": np.uint8, "UINT16": np.uint16}
 
 
-@bp.errorhandler(ServiceError)
-def _v2_error(err: ServiceError) -> tuple[Response, int, dict[str, str]]:
-    g.error_code = err.code
-    # This protocol has no 422: its invalid arguments are all 400.
-    status = 400 if err.status_code == 422 else err.status_code
-    return jsonify({"error": err.message}), status, err.headers()
-
-
-@bp.errorhandler(ValidationError)
-def _v2_validation_error(err: ValidationError) -> tuple[Response, int]:
-    g.error_code = "validation_error"
-    first = err.errors(include_url=False)[0]
-    return jsonify({"error": f"{'.'.join(map(str, first['loc']))}: {first['msg']}"}), 400
-
-
 # --- server and model metadata -------------------------------------------------------------------
 
 
 @bp.get("")
+@document("Server metadata", tag="inference-v2", responses={200: V2ServerMetadata})
 def server_metadata() -> Response:
     return jsonify({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
 
 
 @bp.get("/health/live")
+@document("Server live", tag="inference-v2", responses={200: V2Live})
 def server_live() -> Response:
     return jsonify({"live": True})
 
 
 @bp.get("/health/ready")
+@document("Server ready", tag="inference-v2", responses={200: V2Ready, 503: V2Ready})
 def server_ready() -> tuple[Response, int]:
     ready = get_manager().ready
     return jsonify({"ready": ready}), 200 if ready else 503
@@ -72,6 +71,8 @@ def server_ready() -> tuple[Response, int]:
 
 @bp.get("/models/<name>")
 @bp.get("/models/<name>/versions/<int:version>")
+@document("Model metadata", tag="inference-v2",
+          responses={200: V2ModelMetadata, 404: V2Error, 503: V2Error})
 def model_metadata(name: str, version: int | None = None) -> Response:
     g.model = name
     manager = get_manager()
@@ -93,10 +94,15 @@ def model_metadata(name: str, version: int | None = None) -> Response:
 
 @bp.get("/models/<name>/ready")
 @bp.get("/models/<name>/versions/<int:version>/ready")
+@document("Model ready", tag="inference-v2", responses={200: V2ModelReady, 404: V2Error, 503: V2ModelReady})
 def model_ready(name: str, version: int | None = None) -> tuple[Response, int]:
     g.model = name
     servables = get_manager().versions(name)
-    ready = any(s.available and (version is None or s.version == version) for s in servables)
+    if version is not None:
+        servables = [s for s in servables if s.version == version]
+        if not servables:
+            raise ModelNotFound(f"model '{name}' has no version {version}")
+    ready = any(s.available for s in servables)
     return jsonify({"name": name, "ready": ready}), 200 if ready else 503
 
 
@@ -191,6 +197,12 @@ def _encode_bytes(values: list[str]) -> bytes:
 
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<int:version>/infer")
+@document(
+    "Inference (JSON; binary tensor data extension with Inference-Header-Content-Length)",
+    tag="inference-v2", body={"application/json": V2InferenceRequest},
+    responses={status: (V2InferenceResponse if status == 200 else V2Error)
+               for status in (200, 400, 404, 413, 500, 502, 503, 504)},
+)
 def infer(name: str, version: int | None = None) -> Response:
     deadline = time.monotonic()
     g.model = name

@@ -1,0 +1,161 @@
+"""The synthetic MDCK / influenza-CPE generator: determinism, formats, manifests, honesty."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tifffile
+
+from training import synthetic
+from training.synthetic import (
+    HARD_NEGATIVE_KINDS,
+    INFLUENZA,
+    KINDS,
+    MANIFEST_COLUMNS,
+    NON_INFLUENZA_KINDS,
+    SPLIT_SEED_BASE,
+    generate,
+    make_plan,
+)
+
+
+def test_deterministic_per_seed():
+    a, rec_a = generate(2_000_123, INFLUENZA, 2, 28)
+    b, rec_b = generate(2_000_123, INFLUENZA, 2, 28)
+    c, _ = generate(2_000_124, INFLUENZA, 2, 28)
+    assert np.array_equal(a, b) and rec_a == rec_b
+    assert not (a.shape == c.shape and np.array_equal(a, c))
+
+
+def test_shapes_dtypes_and_bit_depths():
+    seen = {}
+    for seed in range(40):
+        pixels, record = generate(seed, synthetic.UNINFECTED)
+        assert pixels.shape == (1024, 1360)
+        seen.setdefault(record["bit_depth"], (pixels, record))
+        if len(seen) == 3:
+            break
+    assert set(seen) == {8, 12, 16}
+    eight, _ = seen[8]
+    twelve, _ = seen[12]
+    sixteen, _ = seen[16]
+    assert eight.dtype == np.uint8
+    assert twelve.dtype == np.uint16 and twelve.max() <= 4095 and twelve.max() > 255
+    assert sixteen.dtype == np.uint16 and sixteen.max() > 4095
+    for pixels in (eight, twelve, sixteen):  # a real image, not a flat or clipped field
+        assert pixels.std() > 0.03 * pixels.mean()
+        assert (pixels == np.iinfo(pixels.dtype).max).mean() < 0.01
+
+
+def test_labels_and_severity_validation():
+    assert synthetic.label_of(INFLUENZA) == "infected"
+    for kind in (synthetic.UNINFECTED, *HARD_NEGATIVE_KINDS, *NON_INFLUENZA_KINDS):
+        assert synthetic.label_of(kind) == "uninfected"
+    with pytest.raises(ValueError):
+        generate(1, INFLUENZA, 0)
+    with pytest.raises(ValueError):
+        generate(1, "syncytia", 2)
+    with pytest.raises(ValueError):
+        generate(1, "measles", 0)
+
+
+def test_split_seed_ranges_are_disjoint():
+    sets = {split: {r["seed"] for r in make_plan(split, 1500)} for split in SPLIT_SEED_BASE}
+    assert not sets["train"] & sets["validation"]
+    assert not sets["train"] & sets["test"]
+    assert not sets["validation"] & sets["test"]
+    for split, seeds in sets.items():
+        assert {synthetic.split_of_seed(s) for s in seeds} == {split}
+
+
+def test_plan_composition_and_hpi_consistency():
+    rows = make_plan("train", 1200)
+    kinds = {r["kind"] for r in rows}
+    assert kinds == set(KINDS)
+    for r in rows:
+        assert (r["severity"] > 0) == (r["kind"] == INFLUENZA)
+        assert r["label"] == synthetic.label_of(r["kind"])
+        assert re.fullmatch(r"[A-H](0[1-9]|1[0-2])", r["well"])
+    flu = [r for r in rows if r["kind"] == INFLUENZA]
+    mean_severity = {
+        h: np.mean([r["severity"] for r in flu if r["hpi"] == h]) for h in synthetic.HPI_VALUES
+    }
+    assert mean_severity[16] < mean_severity[28] < mean_severity[40]
+    assert not [r for r in flu if r["hpi"] == 16 and r["severity"] == 4]
+    assert not [r for r in flu if r["hpi"] == 40 and r["severity"] == 1]
+    # Sites of one well share kind and hpi.
+    by_well = {}
+    for r in rows:
+        by_well.setdefault((r["plate"], r["well"]), set()).add((r["kind"], r["hpi"]))
+    assert all(len(v) == 1 for v in by_well.values())
+
+
+def test_manifest_and_cli(tmp_path):
+    synthetic.main(["--out", str(tmp_path), "--count", "4", "--split", "test"])
+    rows = synthetic.read_manifest(tmp_path / "manifest.csv")
+    assert len(rows) == 4
+    assert list(rows[0])[: len(MANIFEST_COLUMNS)] == list(MANIFEST_COLUMNS)
+    for row in rows:
+        assert int(row["seed"]) >= SPLIT_SEED_BASE["test"]
+        assert row["generator_version"] == synthetic.GENERATOR_VERSION
+        stored = tifffile.imread(tmp_path / row["file"])
+        expected, _ = generate(int(row["seed"]), row["kind"], int(row["severity"]), int(row["hpi"]))
+        assert np.array_equal(stored, expected)
+
+
+def test_brightness_is_not_a_shortcut():
+    """Same seed -> same nuisances; the scene's mean/std are equalised across classes."""
+    for seed in (11, 12, 13):
+        healthy, rec_h = generate(seed, synthetic.UNINFECTED, 0, 40)
+        for kind, severity in ((INFLUENZA, 4), (INFLUENZA, 1), ("syncytia", 0), ("subconfluent", 0)):
+            other, rec_o = generate(seed, kind, severity, 40)
+            assert rec_o["bit_depth"] == rec_h["bit_depth"]
+            mean_h, mean_o = healthy.astype(float).mean(), other.astype(float).mean()
+            assert abs(mean_o - mean_h) < 0.02 * mean_h, (kind, severity)
+
+
+def test_global_statistics_do_not_separate_classes():
+    """Across independent seeds, mean and spread of the normalised image overlap between labels."""
+    stats = {"infected": [], "uninfected": []}
+    for i in range(10):
+        for kind, severity in ((INFLUENZA, 1 + i % 4), (synthetic.UNINFECTED, 0)):
+            pixels, record = generate(500 + i, kind, severity)
+            top = (1 << record["bit_depth"]) - 1
+            stats[record["label"]].append(pixels.astype(float).mean() / top)
+    inf, uninf = np.array(stats["infected"]), np.array(stats["uninfected"])
+    # Rank AUC of "mean brightness" as a classifier stays near chance.
+    auc = np.mean([(a > b) + 0.5 * (a == b) for a in inf for b in uninf])
+    assert 0.2 < auc < 0.8
+
+
+def test_each_kind_shows_what_it_says():
+    # Influenza: CPE area grows with severity; grade 1 is a small focus, grade 4 most of the field.
+    area = {s: [generate(900 + i, INFLUENZA, s)[1]["cpe_fraction"] for i in range(3)] for s in (1, 2, 3, 4)}
+    means = [np.mean(area[s]) for s in (1, 2, 3, 4)]
+    assert means == sorted(means)
+    assert 0.01 < means[0] < 0.08
+    assert means[3] > 0.45
+    for kind in (synthetic.UNINFECTED, *HARD_NEGATIVE_KINDS, *NON_INFLUENZA_KINDS):
+        assert generate(901, kind)[1]["cpe_fraction"] == 0.0
+
+
+def test_grades_differ_visibly_from_the_healthy_layer():
+    """More CPE -> more of the field differs from the healthy layer of the same seed."""
+    seed = 77
+    healthy = generate(seed, synthetic.UNINFECTED, 0, 40)[0].astype(float)
+    diffs = []
+    for severity in (1, 4):
+        infected = generate(seed, INFLUENZA, severity, 40)[0].astype(float)
+        diffs.append(np.abs(infected - healthy).mean())
+    assert diffs[0] > 0 and diffs[1] > diffs[0]
+
+
+def test_generation_is_fast_enough():
+    import time
+
+    start = time.perf_counter()
+    for i in range(4):
+        generate(3000 + i, KINDS[i % len(KINDS)], 2 if KINDS[i % len(KINDS)] == INFLUENZA else 0)
+    assert (time.perf_counter() - start) / 4 < 1.0  # ~0.15 s on one core; loose for shared CI
