@@ -14,7 +14,6 @@ from service.errors import ImageTooLarge, InvalidImageShape
 from service.preprocessing import prepare
 from service.repository import ModelInfo
 
-
 #: An image as a request carries it: encoded bytes with the TIFF page to read, or pixels a
 #: client already decoded (TF Serving's numeric instances, Open Inference Protocol tensors).
 ImageInput = tuple[bytes, int] | NDArray[np.generic]

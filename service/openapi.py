@@ -10,7 +10,7 @@ import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from flask import Flask, Response, current_app, jsonify
 from pydantic import BaseModel
@@ -61,8 +61,7 @@ def _path_and_parameters(rule: str, examples: dict[str, list[Any]]) -> tuple[str
     return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule), parameters
 
 
-def _schema_of(item: type[BaseModel] | dict[str, Any], refs: dict[tuple[type[BaseModel], str], Any],
-               mode: str) -> dict[str, Any]:
+def _schema_of(item: type[BaseModel] | dict[str, Any], refs: dict[Any, Any], mode: str) -> dict[str, Any]:
     if isinstance(item, dict):
         return item
     return dict(refs[(item, mode)])
@@ -80,7 +79,7 @@ def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict
         operation: Operation | None = getattr(view, "__openapi__", None)
         if operation is not None:
             operations.append((rule, operation))
-    models: set[tuple[type[BaseModel], str]] = set()
+    models: set[tuple[type[BaseModel], Literal["validation", "serialization"]]] = set()
     for _, operation in operations:
         models.update((m, "validation") for m in operation.body.values() if isinstance(m, type))
         models.update((m, "serialization") for m in operation.responses.values() if isinstance(m, type))

@@ -15,13 +15,13 @@ from service.codecs.images import ImageLimits
 from service.errors import InvalidBase64, InvalidInput, NoImage, TooManyImages, UnsupportedMediaType
 from service.inference import ImageInput, class_names, label_and_observe, prepare_inputs
 from service.models import get_manager
-from service.repository import ModelInfo
 from service.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
+from service.repository import ModelInfo
 from service.schemas import (
     ErrorResponse,
+    Prediction,
     PredictParams,
     PredictRequest,
-    Prediction,
     PredictResponse,
     SampleInfo,
 )

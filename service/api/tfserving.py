@@ -24,8 +24,8 @@ from service.codecs.images import ImageLimits
 from service.errors import InvalidInput, TooManyImages
 from service.inference import ImageInput, label_and_observe, prepare_inputs
 from service.models import get_manager
-from service.repository import ModelInfo
 from service.openapi import document
+from service.repository import ModelInfo
 from service.schemas import (
     TfServingError,
     TfServingMetadataResponse,

@@ -245,7 +245,7 @@ def _respond(
     for output in requested:
         if output.name == LABEL_OUTPUT:
             entry: dict[str, Any] = {"name": LABEL_OUTPUT, "datatype": "BYTES", "shape": [len(labels)]}
-            raw, values = _encode_bytes(labels), labels
+            raw, values = _encode_bytes(labels), list[Any](labels)
         else:
             entry = {"name": output.name, "datatype": "FP32", "shape": list(probabilities.shape)}
             raw, values = probabilities.astype("<f4").tobytes(), probabilities.reshape(-1).tolist()

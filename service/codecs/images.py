@@ -71,11 +71,12 @@ def _decode_pil(data: bytes, limits: ImageLimits) -> NDArray[np.generic]:
         raise UndecodableImage(f"cannot decode image: {err}") from err
     except Image.DecompressionBombError as err:
         raise ImageTooLarge(str(err)) from err
+    converted: Image.Image = image
     if image.mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
+        converted = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
     elif image.mode == "LA":
-        image = image.convert("L")
-    return np.asarray(image)
+        converted = image.convert("L")
+    return np.asarray(converted)
 
 
 def _page_layout(page: tifffile.TiffPage) -> tuple[int, int, int]:
