@@ -76,7 +76,8 @@ class Settings(BaseSettings):
 
     tf_inter_op_threads: int = Field(0, ge=0)
     warmup: bool = True
-    """Run the model on synthetic input before /readyz turns true."""
+    """Run every batch shape once before a version takes traffic (TF Serving warm-up records
+    from assets.extra/ when the version ships them, synthetic input otherwise)."""
 
     # --- TF Serving backend ---------------------------------------------------------------------
     tfserving_target: str = "localhost:8500"
