@@ -21,6 +21,9 @@ _metrics_dir = os.environ.setdefault(
 )
 shutil.rmtree(_metrics_dir, ignore_errors=True)  # stale files from a previous run would be summed
 os.makedirs(_metrics_dir, exist_ok=True)
+if not os.access(_metrics_dir, os.W_OK):
+    # Every request would fail with 500 later: refuse to start with the reason instead.
+    raise SystemExit(f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir} is not writable by uid {os.getuid()}")
 
 bind = f"{_server.host}:{_server.port}"
 worker_class = "gthread"

@@ -99,10 +99,15 @@ class TfServingGrpcBackend:
         options = [
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
+            # Keepalive only while calls are in flight: TF Serving's gRPC server, like every
+            # gRPC server by default, answers idle pings more often than every 5 min with
+            # GOAWAY (too_many_pings).
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+            # Behind a headless Service (dns:///tfserving:8500) spread calls over every pod
+            # instead of pick_first's one.
+            ("grpc.lb_policy_name", "round_robin"),
             # Reconnect quickly after TF Serving restarts instead of gRPC's 120 s max backoff.
             ("grpc.max_reconnect_backoff_ms", 2_000),
             ("grpc.initial_reconnect_backoff_ms", 200),
