@@ -135,6 +135,7 @@ class MicroBatcher:
         on_batch: Callable[[BatchReport], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         name: str = "model",
+        num_threads: int = 1,
     ) -> None:
         if max_queue_size < max_batch_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
@@ -154,8 +155,14 @@ class MicroBatcher:
         self._batch_counter = 0
         self.cost = CostModel()
         self._arrivals = ArrivalRate()
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        # NOTE: more than one thread (TF Serving's num_batch_threads) only pays when the backend
+        # runs batches in parallel elsewhere, e.g. TF Serving on a GPU or several replicas.
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher-{name}-{index}", daemon=True)
+            for index in range(num_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     # --- called from request threads ---------------------------------------------------------
 
@@ -221,6 +228,7 @@ class MicroBatcher:
             "max_queue_size": self.max_queue_size,
             "target_latency_ms": self.target_latency_s * 1000,
             "allowed_batch_sizes": self._pad_sizes,
+            "batch_threads": len(self._threads),
             "queued_images": self._queued_rows,
         }
 
@@ -229,7 +237,9 @@ class MicroBatcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0))
 
     # --- the batcher thread ---------------------------------------------------------------------
 
@@ -298,8 +308,9 @@ class MicroBatcher:
         live = [part for part in batch if self._start(part[0])]
         if not live:
             return
-        self._batch_counter += 1
-        batch_id = self._batch_counter
+        with self._cond:
+            self._batch_counter += 1
+            batch_id = self._batch_counter
         started = time.monotonic()
         size = sum(stop - start for _, start, stop in live)
         padded = self._padded_size(size)

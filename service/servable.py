@@ -83,6 +83,7 @@ class Servable:
             on_batch=self._observe_batch,
             on_queue_depth=metrics.QUEUE_DEPTH.labels(self.name).set,
             name=f"{self.name}-{info.version}",
+            num_threads=self.settings.batch_threads,
         )
         self.error = None
         self.state = ServableState.AVAILABLE

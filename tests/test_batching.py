@@ -192,3 +192,17 @@ def test_cost_model_fits_a_linear_batch_cost() -> None:
     assert per_image_s == pytest.approx(0.002, rel=1e-6)
     assert fixed_s == pytest.approx(0.010, rel=1e-6)
     assert cost.estimate_s(16) == pytest.approx(0.042, rel=1e-6)
+
+
+def test_several_batch_threads_run_batches_in_parallel(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend, policy="off", num_threads=3)
+    jobs = [batcher.submit(_rows(rng, 1)) for _ in range(3)]
+    deadline = time.monotonic() + 2
+    while batcher.queued_images and time.monotonic() < deadline:  # all three taken at once
+        time.sleep(0.01)
+    assert batcher.queued_images == 0 and not any(job.future.done() for job in jobs)
+    gate.set()
+    assert all(job.future.result(2).shape == (1, 2) for job in jobs)
+    batcher.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
@@ -29,6 +30,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from service.batching import MicroBatcher
+from service.errors import ServiceError
 from service.repository import list_models, list_versions
 
 
@@ -55,6 +58,9 @@ class StandInServer(
             version = list_versions(repository, name)[-1]
             self.servables[name] = _Servable(name, version, repository / name / str(version))
         self.delay_s = 0.0  # tests raise it to provoke DEADLINE_EXCEEDED
+        self.batching = False
+        self.batch_sizes: list[int] = []
+        self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self.predict_calls = 0
         self._lock = threading.Lock()
 
@@ -90,8 +96,11 @@ class StandInServer(
             time.sleep(self.delay_s)
         function = servable.loaded.signatures[signature_name]
         try:
-            inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
-            outputs = function(**inputs)
+            if self.batching:
+                outputs = self._run_batched(servable, signature_name, request, context)
+            else:
+                inputs = {key: tf.constant(tf.make_ndarray(proto)) for key, proto in request.inputs.items()}
+                outputs = function(**inputs)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err).splitlines()[0])
         response = predict_pb2.PredictResponse()
@@ -101,8 +110,32 @@ class StandInServer(
         wanted = set(request.output_filter) or set(outputs)
         for key, value in outputs.items():
             if key in wanted:
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(value.numpy()))
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
         return response
+
+    def _run_batched(
+        self, servable: _Servable, signature_name: str, request: Any, context: grpc.ServicerContext
+    ) -> dict[str, Any]:
+        """TF Serving's --enable_batching, with deploy/tfserving/batching_parameters.txt's values
+        (max 8, 5 ms, padded to 1/2/4/8): requests from every client merge into one call."""
+        [input_key] = servable.signature_defs[signature_name].inputs
+        [output_key] = servable.signature_defs[signature_name].outputs
+        key = (servable.name, signature_name)
+        with self._lock:
+            if key not in self._batchers:
+                function = servable.loaded.signatures[signature_name]
+                self._batchers[key] = MicroBatcher(
+                    lambda rows: function(**{input_key: tf.constant(rows)})[output_key].numpy(),
+                    max_batch_size=8, max_batch_delay_s=0.005, max_queue_size=64, pad_batches=True,
+                    on_batch=lambda report: self.batch_sizes.append(report.size),
+                    name=f"standin-{servable.name}",
+                )
+        rows = tf.make_ndarray(request.inputs[input_key]).astype(np.float32)
+        try:
+            return {output_key: self._batchers[key].submit(rows).future.result(timeout=60)}
+        except ServiceError as err:  # queue full: TF Serving's max_enqueued_batches answer
+            context.abort(grpc.StatusCode.UNAVAILABLE, err.message)
+            raise  # unreachable: abort raises
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         servable = self._servable(request.model_spec, context)
@@ -127,6 +160,18 @@ class StandInServer(
         return response
 
 
+class _LoggedList(list[int]):
+    """A list that also writes each appended batch size as a line (read by tests)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def append(self, size: int) -> None:
+        super().append(size)
+        self._stream.write(f"{size}\n")
+
+
 def serve(repository: Path, port: int, max_workers: int = 8) -> tuple[grpc.Server, StandInServer]:
     """Start the stand-in on 127.0.0.1:port (0 = any free port); returns (server, servicer)."""
     servicer = StandInServer(repository)
@@ -145,9 +190,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8500)
     parser.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--delay-s", type=float, default=0.0, help="sleep in every Predict")
+    parser.add_argument("--enable-batching", action="store_true", help="server-side batching, as TF Serving's")
+    parser.add_argument("--batch-log", type=Path, help="append each server-side batch size to this file")
     args = parser.parse_args()
     server, servicer = serve(args.model_repository, args.port)
     servicer.delay_s = args.delay_s
+    servicer.batching = args.enable_batching
+    if args.batch_log is not None:
+        log = args.batch_log.open("a", buffering=1)
+        servicer.batch_sizes = _LoggedList(log)
     print(f"TF Serving stand-in on 127.0.0.1:{servicer.port} serving {sorted(servicer.servables)}", flush=True)  # type: ignore[attr-defined]
     server.wait_for_termination()
 

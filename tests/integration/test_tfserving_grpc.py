@@ -35,15 +35,17 @@ TIFF = {"Content-Type": "image/tiff"}
 class StandIn:
     """The stand-in TF Serving as a child process on a fixed loopback port."""
 
-    def __init__(self, port: int, delay_s: float = 0.0) -> None:
+    def __init__(self, port: int, delay_s: float = 0.0, batch_log: Path | None = None) -> None:
         self.port = port
         self.delay_s = delay_s
+        self.batch_log = batch_log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> StandIn:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.tfserving_standin", "--port", str(self.port),
-             "--model-repository", str(MODEL_REPOSITORY), "--delay-s", str(self.delay_s)],
+             "--model-repository", str(MODEL_REPOSITORY), "--delay-s", str(self.delay_s),
+             *(["--enable-batching", "--batch-log", str(self.batch_log)] if self.batch_log else [])],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
         assert self.process.stdout is not None
@@ -92,6 +94,25 @@ def test_predictions_equal_the_local_backend(standin: StandIn, tmp_path: Path) -
             assert response.status_code == 200, response.text
             p = response.json()["predictions"][0]["probabilities"]
             np.testing.assert_allclose([p["uninfected"], p["infected"]], want, atol=1e-5)
+
+
+def test_batching_in_tf_servings_layer_only(tmp_path: Path) -> None:
+    """SERVING_BATCHING=off in front of a batching TF Serving: each API call carries one request,
+    and the server merges concurrent calls (the other combination is the default elsewhere)."""
+    batch_log = tmp_path / "batches.txt"
+    batching = StandIn(free_port(), batch_log=batch_log).start()
+    try:
+        with _grpc_server(tmp_path, batching.port, batching="off", batch_threads=8, threads=8) as server:
+            batch_log.write_text("")  # forget the warm-up calls
+            encoded = [_field(100 + seed) for seed in range(6)]
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                codes = list(pool.map(lambda data: requests.post(
+                    f"{server.url}/predict", data=data, headers=TIFF, timeout=120).status_code, encoded))
+            assert codes == [200] * 6
+        sizes = [int(line) for line in batch_log.read_text().split()]
+        assert sum(sizes) == 6 and max(sizes) > 1, sizes
+    finally:
+        batching.kill()
 
 
 def test_down_at_start_then_killed_under_load_then_restarted(tmp_path: Path) -> None:
