@@ -150,6 +150,7 @@ class MicroBatcher:
         self._on_queue_depth = on_queue_depth
         self._jobs: deque[BatchJob] = deque()
         self._queued_rows = 0
+        self._arriving = 0
         self._cond = threading.Condition()
         self._closing = False
         self._batch_counter = 0
@@ -166,7 +167,7 @@ class MicroBatcher:
 
     # --- called from request threads ---------------------------------------------------------
 
-    def submit(self, rows: NDArray[np.float32]) -> BatchJob:
+    def submit(self, rows: NDArray[np.float32], announced: int = 0) -> BatchJob:
         """Queue a request's images; its `future` resolves to their outputs, in order.
 
         Raises:
@@ -178,6 +179,7 @@ class MicroBatcher:
         now = time.monotonic()
         job = BatchJob(rows=rows, enqueued_at=now)
         with self._cond:
+            self._arriving -= announced
             if self._closing:
                 raise ShuttingDown("worker is shutting down", retry_after_s=1)
             if self._queued_rows + len(rows) > self.max_queue_size:
@@ -193,6 +195,19 @@ class MicroBatcher:
             self._cond.notify()
         self._report_depth(depth)
         return job
+
+    def announce(self, images: int) -> None:
+        """Images are being decoded for this batcher. The fixed policy waits for company only
+        while someone is on the way, so a lone request is not delayed for nothing; `submit(...,
+        announced=n)` or `withdraw(n)` settles the announcement."""
+        with self._cond:
+            self._arriving += images
+
+    def withdraw(self, images: int) -> None:
+        """An announced request failed before submitting (bad image, model gone)."""
+        with self._cond:
+            self._arriving -= images
+            self._cond.notify_all()
 
     def ensure_room(self, images: int) -> None:
         """Shed load before a request pays for decoding, when its images obviously cannot fit."""
@@ -272,7 +287,8 @@ class MicroBatcher:
             return 0.0
         age_s = now - self._jobs[0].enqueued_at
         if self.policy == "fixed":
-            return self.max_batch_delay_s - age_s
+            # Nothing is being decoded for us: waiting could only add latency.
+            return self.max_batch_delay_s - age_s if self._arriving else 0.0
         # Adaptive: wait for the next image only if it is expected soon enough to be worth it
         # (sooner than the fixed cost of a model call it saves) and before the latency target
         # would be missed by the bigger batch it makes.
@@ -314,7 +330,11 @@ class MicroBatcher:
         started = time.monotonic()
         size = sum(stop - start for _, start, stop in live)
         padded = self._padded_size(size)
-        inputs = np.concatenate([job.rows[start:stop] for job, start, stop in live])
+        if len(live) == 1:  # one request fills the batch: no copy
+            job, start, stop = live[0]
+            inputs = job.rows[start:stop]
+        else:
+            inputs = np.concatenate([job.rows[start:stop] for job, start, stop in live])
         if padded > size:
             # Repeating real rows (not zeros) keeps padding numerically harmless for any model.
             filler = np.repeat(inputs[-1:], padded - size, axis=0)

@@ -275,12 +275,22 @@ class ModelManager:
             info = servable.info
             assert info is not None
             shape = (info.height, info.width, info.channels)
-            if servable.batcher is not None:
-                servable.batcher.ensure_room(count)
+            batcher = servable.batcher
+            announced = 0
+            if batcher is not None:
+                batcher.ensure_room(count)
             if shape not in prepared:
-                prepared[shape] = make_batch(info)
+                if batcher is not None:
+                    batcher.announce(count)
+                    announced = count
+                try:
+                    prepared[shape] = make_batch(info)
+                except BaseException:
+                    if batcher is not None:
+                        batcher.withdraw(announced)
+                    raise
             try:
-                outputs, batch_ids = servable.run(prepared[shape], deadline - time.monotonic())
+                outputs, batch_ids = servable.run(prepared[shape], deadline - time.monotonic(), announced)
                 return outputs, info, batch_ids
             except (ShuttingDown, ModelNotReady):
                 if attempt == 1 or version is not None or label is not None:

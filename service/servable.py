@@ -136,7 +136,9 @@ class Servable:
             raise ValueError(f"{record_file} holds no PredictRequest for input '{info.input_key}'")
         return np.concatenate(arrays)
 
-    def run(self, rows: NDArray[np.float32], timeout_s: float) -> tuple[NDArray[np.float32], list[int]]:
+    def run(
+        self, rows: NDArray[np.float32], timeout_s: float, announced: int = 0
+    ) -> tuple[NDArray[np.float32], list[int]]:
         """Send prepared images through the batcher; return their outputs and batch ids.
 
         Raises:
@@ -145,8 +147,10 @@ class Servable:
             BackendTimeout: no answer within timeout_s (504); the images leave the queue.
         """
         if not self.available or self.batcher is None:
+            if self.batcher is not None:
+                self.batcher.withdraw(announced)
             raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
-        job: BatchJob = self.batcher.submit(rows)
+        job: BatchJob = self.batcher.submit(rows, announced)
         try:
             return job.future.result(timeout=max(timeout_s, 0.001)), job.batch_ids
         except TimeoutError as err:

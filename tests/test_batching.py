@@ -45,11 +45,13 @@ def test_concurrent_submissions_make_one_batch(rng: np.random.Generator) -> None
 def test_batch_dispatches_at_the_delay_when_not_full(rng: np.random.Generator) -> None:
     backend = FakeBackend()
     batcher = _batcher(backend, max_batch_delay_s=0.05)
+    batcher.announce(1)  # another request is decoding, but never arrives
     started = time.monotonic()
     batcher.submit(_rows(rng, 3)).future.result(2)
     elapsed = time.monotonic() - started
     assert backend.batch_sizes == [3]
     assert elapsed >= 0.045  # waited for company, then gave up at the delay
+    batcher.withdraw(1)
     batcher.close()
 
 
@@ -205,4 +207,25 @@ def test_several_batch_threads_run_batches_in_parallel(rng: np.random.Generator)
     assert batcher.queued_images == 0 and not any(job.future.done() for job in jobs)
     gate.set()
     assert all(job.future.result(2).shape == (1, 2) for job in jobs)
+    batcher.close()
+
+
+def test_fixed_policy_waits_only_while_an_announced_request_is_on_its_way(rng: np.random.Generator) -> None:
+    backend = FakeBackend()
+    batcher = _batcher(backend, max_batch_delay_s=0.5)
+    started = time.monotonic()
+    batcher.submit(_rows(rng, 1)).future.result(2)  # alone: nobody announced, no wait
+    assert time.monotonic() - started < 0.2
+    batcher.announce(2)  # a request is decoding its 2 images
+    first = batcher.submit(_rows(rng, 1))
+    time.sleep(0.05)
+    assert not first.future.done()  # waiting for the announced images
+    second = batcher.submit(_rows(rng, 2), announced=2)
+    first.future.result(2), second.future.result(2)
+    assert backend.batch_sizes == [1, 3]
+    batcher.announce(1)
+    batcher.withdraw(1)  # its image failed to decode: nobody left to wait for
+    started = time.monotonic()
+    batcher.submit(_rows(rng, 1)).future.result(2)
+    assert time.monotonic() - started < 0.2
     batcher.close()
