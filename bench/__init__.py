@@ -1,0 +1,1 @@
+"""Throughput/latency benchmark of the serving stack: `python -m bench.run` (see bench/run.py)."""
