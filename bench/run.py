@@ -43,7 +43,6 @@ from bench.common import (
     median_cells,
     prepare_paper,
     prepare_small,
-    run_cell,
     run_raw,
     training_running,
     wait_for_quiet,

@@ -2,8 +2,8 @@
 
 Its model call costs well under a millisecond, so per-request overhead (HTTP, WSGI, decoding,
 Python) dominates: the regime where micro-batching and a lean request path matter most.
-The export mirrors `training.model.export_model` (same normalising `serving_default`
-signature, same tensor names, same metadata.json layout) with the input size as a parameter.
+It is exported by `training.model.export_model` (same normalising `serving_default` signature,
+tensor names and metadata.json layout as the paper CNN).
 
     python -m bench.small_model --repository /tmp/repo   # writes /tmp/repo/small_cnn/1/
 """
@@ -11,8 +11,6 @@ signature, same tensor names, same metadata.json layout) with the input size as 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,53 +36,13 @@ def build_small_model(height: int = 64, width: int = 64, seed: int = 0) -> Any:
 
 
 def export_small_model(repository: Path, height: int = 64, width: int = 64, version: int = 1) -> Path:
-    """Write `<repository>/small_cnn/<version>/` as training.model.export_model would."""
-    import keras
-    import tensorflow as tf
+    """Write `<repository>/small_cnn/<version>/` with training.model.export_model itself."""
+    from training.model import export_model
 
-    from service.preprocessing import PREPROCESSING_VERSION, preprocessing_hash
-    from training.model import CLASS_NAMES, INPUT_KEY, METADATA_FILE, OUTPUT_KEY, SIGNATURE_NAME
-    from training.normalization import HIGH_PERCENTILE, LOW_PERCENTILE, normalize_intensity
-
-    model = build_small_model(height, width)
-    version_dir = Path(repository) / MODEL_NAME / str(version)
-    staging = version_dir.with_name(f".{version_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-
-    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_KEY: model(normalize_intensity(image), training=False)}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name=SIGNATURE_NAME,
-        fn=serve,
-        input_signature=[tf.TensorSpec([None, height, width, 1], tf.float32, name=INPUT_KEY)],
+    return export_model(
+        build_small_model(height, width), Path(repository) / MODEL_NAME / str(version), model_name=MODEL_NAME,
+        extra_metadata={"note": "benchmark model with random weights (bench/small_model.py); not a classifier"},
     )
-    archive.write_out(str(staging), verbose=False)
-    metadata: dict[str, Any] = {
-        "name": MODEL_NAME,
-        "version": version,
-        "classes": list(CLASS_NAMES),
-        "positive_class": CLASS_NAMES[1],
-        "signature_name": SIGNATURE_NAME,
-        "input": {
-            "tensor": INPUT_KEY, "height": height, "width": width, "channels": 1, "dtype": "float32",
-            "units": "raw intensity (any bit depth); normalised inside the graph",
-        },
-        "output": {"tensor": OUTPUT_KEY},
-        "preprocessing": {
-            "version": PREPROCESSING_VERSION,
-            "sha256": preprocessing_hash(),
-            "normalization": f"per-image percentile {LOW_PERCENTILE}-{HIGH_PERCENTILE} in graph",
-        },
-        "parameters": int(model.count_params()),
-        "note": "benchmark model with random weights (bench/small_model.py); not a classifier",
-    }
-    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-    shutil.rmtree(version_dir, ignore_errors=True)
-    staging.rename(version_dir)
-    return version_dir
 
 
 def main() -> None:
