@@ -71,7 +71,8 @@ def test_failing_batch_fails_only_its_members_and_the_thread_survives(rng: np.ra
     gate = threading.Event()
     backend = FakeBackend(gate=gate, fail_with=RuntimeError("boom"))
     batcher = _batcher(backend, max_batch_delay_s=1.0)
-    doomed = [batcher.submit(_rows(rng, 4)) for _ in range(2)]  # exactly one full batch
+    batcher.announce(4)  # the second request is decoding: the first waits for it
+    doomed = [batcher.submit(_rows(rng, 4)), batcher.submit(_rows(rng, 4), announced=4)]  # one full batch
     gate.set()
     for job in doomed:
         with pytest.raises(BackendFailed, match="boom"):
