@@ -194,11 +194,12 @@ class ModelManager:
     def _load_version(self, name: str, version: int, version_dir: Path, stamp: float) -> None:
         from service.backends.tensorflow_local import TensorflowLocalBackend
 
-        model_version = ModelVersion(name=name, version=version, path=version_dir, metadata={})
         try:
-            model_version = ModelVersion(name, version, version_dir, read_metadata(version_dir))
-        except ValueError as err:  # unreadable metadata.json: reported like any load failure
+            metadata = read_metadata(version_dir)
+        except ValueError as err:  # unreadable metadata.json: the signature alone must do
             _log.warning("model %s version %d: bad metadata.json: %s", name, version, err)
+            metadata = {}
+        model_version = ModelVersion(name, version, version_dir, metadata)
         servable = Servable(self.settings, TensorflowLocalBackend(self.settings, model_version), name, version)
         with self._lock:
             group = [s for s in self._servables.get(name, []) if s.version != version]  # drop old failures
