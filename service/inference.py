@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from collections.abc import Sequence
 
@@ -10,13 +12,27 @@ from numpy.typing import NDArray
 
 from service import metrics
 from service.codecs.images import ImageLimits, decode_image
-from service.errors import ImageTooLarge, InvalidImageShape
+from service.errors import ImageTooLarge, InvalidBase64, InvalidImageShape, TooManyImages
 from service.preprocessing import prepare
 from service.repository import ModelInfo
 
 #: An image as a request carries it: encoded bytes with the TIFF page to read, or pixels a
 #: client already decoded (TF Serving's numeric instances, Open Inference Protocol tensors).
 ImageInput = tuple[bytes, int] | NDArray[np.generic]
+
+
+def decode_b64(text: object, where: str) -> bytes:
+    """Base64 text of an encoded image, as every protocol carries it in JSON."""
+    try:
+        return base64.b64decode(text, validate=True)  # type: ignore[arg-type]
+    except (binascii.Error, ValueError, TypeError) as err:
+        raise InvalidBase64(f"{where}: not valid base64") from err
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """Refuse a request with more images than the limit (413) before decoding any."""
+    if count > limit:
+        raise TooManyImages(f"{count} images in one request; the limit is {limit}")
 
 
 def prepare_inputs(images: Sequence[ImageInput], info: ModelInfo, limits: ImageLimits) -> NDArray[np.float32]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from dataclasses import dataclass
 
@@ -12,8 +10,15 @@ from flask import Blueprint, Response, g, jsonify, request
 from numpy.typing import NDArray
 
 from service.codecs.images import ImageLimits
-from service.errors import InvalidBase64, InvalidInput, NoImage, TooManyImages, UnsupportedMediaType
-from service.inference import ImageInput, class_names, label_and_observe, prepare_inputs
+from service.errors import InvalidInput, NoImage, UnsupportedMediaType
+from service.inference import (
+    ImageInput,
+    check_image_count,
+    class_names,
+    decode_b64,
+    label_and_observe,
+    prepare_inputs,
+)
 from service.models import get_manager
 from service.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
 from service.repository import ModelInfo
@@ -46,10 +51,7 @@ class Upload:
 def _decode_b64(text: str, index: int) -> bytes:
     if text.startswith("data:") and "," in text:  # tolerate data URLs from browsers
         text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise InvalidBase64(f"instance {index}: b64 is not valid base64") from err
+    return decode_b64(text, f"instance {index}: b64")
 
 
 def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload]:
@@ -58,7 +60,7 @@ def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload
         files = request.files.getlist("image")
         if not files:
             raise NoImage(f"multipart body has no 'image' field (fields: {sorted(request.files)})")
-        _check_count(len(files), max_images)
+        check_image_count(len(files), max_images)
         return [
             Upload(file.read(), params.page, SampleInfo(id=file.filename or str(index)))
             for index, file in enumerate(files)
@@ -68,7 +70,7 @@ def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload
         if body is None:
             raise InvalidInput("body is not valid JSON")
         if isinstance(body, dict) and isinstance(body.get("instances"), list):
-            _check_count(len(body["instances"]), max_images)
+            check_image_count(len(body["instances"]), max_images)
         parsed = PredictRequest.model_validate(body)
         return [
             Upload(
@@ -91,11 +93,6 @@ def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload
     raise UnsupportedMediaType(
         f"content type '{mimetype or 'none'}' is not accepted; use one of {ACCEPTED_MEDIA_TYPES}"
     )
-
-
-def _check_count(count: int, max_images: int) -> None:
-    if count > max_images:
-        raise TooManyImages(f"{count} images in one request; the limit is {max_images}")
 
 
 def _predictions(probabilities: NDArray[np.float32], uploads: list[Upload], info: ModelInfo) -> list[Prediction]:

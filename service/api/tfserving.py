@@ -11,8 +11,6 @@ use. Clients written for TF Serving keep working unchanged.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from typing import Any
 
@@ -21,8 +19,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from google.protobuf import json_format
 
 from service.codecs.images import ImageLimits
-from service.errors import InvalidInput, TooManyImages
-from service.inference import ImageInput, label_and_observe, prepare_inputs
+from service.errors import InvalidInput
+from service.inference import ImageInput, check_image_count, decode_b64, label_and_observe, prepare_inputs
 from service.models import get_manager
 from service.openapi import document
 from service.repository import ModelInfo
@@ -125,10 +123,7 @@ def _image_input(value: Any, input_key: str, where: str) -> ImageInput:
     """One instance -> encoded bytes or a pixel array."""
     if isinstance(value, dict):
         if set(value) == {"b64"}:
-            try:
-                return base64.b64decode(value["b64"], validate=True), 0
-            except (binascii.Error, ValueError, TypeError) as err:
-                raise InvalidInput(f"{where}: b64 value is not valid base64") from err
+            return decode_b64(value["b64"], f"{where}: b64 value"), 0
         if input_key in value and len(value) == 1:
             return _image_input(value[input_key], input_key, where)
         raise InvalidInput(f"{where}: expected {{'b64': ...}} or {{'{input_key}': ...}}, got keys {sorted(value)}")
@@ -182,8 +177,7 @@ def predict(name: str, version: int | None = None, label: str | None = None) -> 
     values = parsed.instances if row_format else _columnar_values(parsed.inputs, info.input_key)
     if not values:
         raise InvalidInput("no instances in the request")
-    if len(values) > settings.max_images_per_request:
-        raise TooManyImages(f"{len(values)} instances; the limit is {settings.max_images_per_request}")
+    check_image_count(len(values), settings.max_images_per_request)
     images = [_image_input(value, info.input_key, f"instance {i}") for i, value in enumerate(values)]
     g.images = len(images)
     limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)

@@ -8,8 +8,6 @@ Outputs: `probabilities` (FP32 [n, classes]) and `label` (BYTES [n], the class n
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import struct
 import time
@@ -20,8 +18,8 @@ from flask import Blueprint, Response, g, jsonify, request
 from numpy.typing import NDArray
 
 from service.codecs.images import ImageLimits
-from service.errors import InvalidInput, ModelNotFound, TooManyImages
-from service.inference import ImageInput, label_and_observe, prepare_inputs
+from service.errors import InvalidInput, ModelNotFound
+from service.inference import ImageInput, check_image_count, decode_b64, label_and_observe, prepare_inputs
 from service.models import get_manager
 from service.openapi import document
 from service.schemas import (
@@ -161,10 +159,8 @@ def _images_from_tensor(tensor: V2RequestInput, binary: bytes | None) -> list[Im
         else:
             if not isinstance(tensor.data, list) or len(tensor.data) != shape[0]:
                 raise InvalidInput("BYTES data must be a list of base64 strings, one per image")
-            try:
-                encoded = [base64.b64decode(item, validate=True) for item in tensor.data]
-            except (binascii.Error, ValueError, TypeError) as err:
-                raise InvalidInput("BYTES data in JSON must be base64-encoded images") from err
+            encoded = [decode_b64(item, f"BYTES element {i} (JSON form: base64 images)")
+                       for i, item in enumerate(tensor.data)]
         return [(data, 0) for data in encoded]
     if len(shape) not in (3, 4):
         raise InvalidInput(f"pixel inputs have shape [n, H, W] or [n, H, W, C]; got {shape}")
@@ -218,8 +214,7 @@ def infer(name: str, version: int | None = None) -> Response:
     if tensor.name != info.input_key:
         raise InvalidInput(f"unexpected inference input '{tensor.name}' for model '{name}' (expects '{info.input_key}')")
     binary, _ = _tensor_binary(tensor, tail, 0)
-    if tensor.shape[0] > settings.max_images_per_request:
-        raise TooManyImages(f"{tensor.shape[0]} images; the limit is {settings.max_images_per_request}")
+    check_image_count(tensor.shape[0], settings.max_images_per_request)
     images = _images_from_tensor(tensor, binary)
     g.images = len(images)
     known_outputs = {info.output_key, LABEL_OUTPUT}

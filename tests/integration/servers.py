@@ -16,6 +16,21 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def wait_for_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `url` until it answers 200; fail fast if `process` (the server) exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited early (code {process.returncode})")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not 200 after {timeout_s} s")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,18 +71,12 @@ class GunicornServer:
         self._wait_for("/readyz")
 
     def _wait_for(self, path: str) -> None:
-        deadline = time.monotonic() + self._ready_timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
-            try:
-                if requests.get(f"{self.url}{path}", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"gunicorn: {path} not 200 after {self._ready_timeout_s} s:\n{self.log()[-3000:]}")
+        try:
+            wait_for_http_ok(f"{self.url}{path}", self._ready_timeout_s, self.process)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}:\n{self.log()}") from err
+        except TimeoutError as err:
+            raise TimeoutError(f"gunicorn: {err}:\n{self.log()[-3000:]}") from err
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

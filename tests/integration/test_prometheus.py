@@ -24,7 +24,7 @@ from PIL import Image
 
 from service import metrics as service_metrics
 from tests.conftest import REPO_ROOT
-from tests.integration.servers import GunicornServer, free_port
+from tests.integration.servers import GunicornServer, free_port, wait_for_http_ok
 
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 GRAFANA_DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "cpe-serving.json"
@@ -104,14 +104,7 @@ def prometheus(server: GunicornServer, traffic: dict[str, int], tmp_path_factory
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
+        wait_for_http_ok(f"{url}/-/ready", 60, process)
         yield url
     finally:
         process.terminate()
