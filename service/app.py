@@ -1,25 +1,20 @@
-"""`create_app`: wiring of settings, backend, routes, error handlers and request logging."""
+"""`create_app`: wiring of settings, models, pipeline, routes, error handlers and hooks; no logic."""
 
 from __future__ import annotations
 
-import logging
-import re
-import time
-import uuid
+from flask import Flask
 
-from flask import Flask, Response, g, request
-
-from service import metrics
-from service.api import health, predict, tfserving, v2
+from service.api import health, open_inference, predict, tfserving
+from service.api.common import EXTENSION, PIPELINE_EXTENSION
+from service.api.errors import register_error_handlers
+from service.api.hooks import install_request_hooks
+from service.api.metrics import metrics_view
+from service.api.openapi import TEXT, docs_view, document, openapi_view
 from service.backends import Backend
 from service.config import Settings
-from service.errors import register_error_handlers
 from service.logs import configure_logging
 from service.models import ModelManager
-from service.openapi import TEXT, docs_view, document, openapi_view
-
-_access_log = logging.getLogger("service.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+from service.pipeline import Pipeline
 
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Flask:
@@ -35,53 +30,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     manager = ModelManager(settings, backend)
-    app.extensions["serving"] = manager
+    app.extensions[EXTENSION] = manager
+    app.extensions[PIPELINE_EXTENSION] = Pipeline(settings, manager)
     register_error_handlers(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(predict.bp)
-    app.register_blueprint(tfserving.bp)
-    app.register_blueprint(v2.bp)
+    for blueprint in (health.bp, predict.bp, tfserving.bp, open_inference.bp):
+        app.register_blueprint(blueprint)
     app.add_url_rule(
         "/metrics", "metrics",
-        document("Prometheus metrics", tag="health", responses={200: TEXT}, response_media="text/plain")(
-            metrics.metrics_view),
+        document("Prometheus metrics", tag="health", responses={200: TEXT}, response_media="text/plain")(metrics_view),
     )
     app.add_url_rule("/openapi.json", "openapi", openapi_view)
     app.add_url_rule("/docs", "docs", docs_view)
-    _install_request_hooks(app, settings.model_name)
+    install_request_hooks(app, settings.model_name)
     manager.start()
     return app
-
-
-def _install_request_hooks(app: Flask, model_name: str) -> None:
-    @app.before_request
-    def _start_request() -> None:
-        g.started = time.monotonic()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-
-    @app.after_request
-    def _finish_request(response: Response) -> Response:
-        latency_s = time.monotonic() - g.get("started", time.monotonic())
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        model = g.get("model") or model_name
-        if route != "/metrics":
-            metrics.REQUESTS.labels(model, route, metrics.status_class(response.status_code)).inc()
-            metrics.REQUEST_LATENCY.labels(model, route).observe(latency_s)
-            if g.get("error_code"):
-                metrics.REJECTIONS.labels(model, g.error_code).inc()
-        _access_log.info(
-            "request",
-            extra={
-                "request_id": g.get("request_id"),
-                "method": request.method,
-                "route": route,
-                "status": response.status_code,
-                "latency_ms": round(latency_s * 1000, 2),
-                "images": g.get("images", 0),
-                "batch_ids": g.get("batch_ids", []),
-                "error_code": g.get("error_code"),
-            },
-        )
-        return response

@@ -1,19 +1,13 @@
-"""The service's error tree and the one JSON shape every error leaves the service in.
+"""The service's error tree: what can go wrong, with its HTTP status and stable code.
 
-Each class carries its HTTP status and a stable machine-readable `code`; views raise, never
-catch, and `register_error_handlers` turns everything into `{"error": {"code", "message"}}`.
+Each class carries `status_code`, a machine-readable `code` and, for 503s, `retry_after_s` as
+class attributes; nothing here knows about HTTP frameworks. Views raise, never catch, and
+`service.api.errors` renders every error in the shape of the protocol that was called.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-from flask import Flask, Response, g, has_request_context, jsonify, request
-from pydantic import ValidationError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-
-_log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -21,14 +15,13 @@ class ServiceError(Exception):
 
     status_code = 500
     code = "internal"
+    retry_after_s: int | None = None
+    """Seconds a client should wait before retrying; sent as `Retry-After` when set."""
 
     def __init__(self, message: str, *, details: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
-
-    def headers(self) -> dict[str, str]:
-        return {}
 
 
 class InvalidInput(ServiceError):
@@ -83,9 +76,7 @@ class ModelNotFound(ServiceError):
 class ModelNotReady(ServiceError):
     status_code = 503
     code = "model_not_ready"
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "5"}
+    retry_after_s = 5
 
 
 class QueueFull(ServiceError):
@@ -93,13 +84,11 @@ class QueueFull(ServiceError):
 
     status_code = 503
     code = "queue_full"
+    retry_after_s = 1
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
         super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+        self.retry_after_s = retry_after_s  # from the queue's measured drain time
 
 
 class ShuttingDown(QueueFull):
@@ -109,9 +98,7 @@ class ShuttingDown(QueueFull):
 class BackendUnavailable(ServiceError):
     status_code = 503
     code = "backend_unavailable"
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+    retry_after_s = 1
 
 
 class BackendTimeout(ServiceError):
@@ -119,70 +106,16 @@ class BackendTimeout(ServiceError):
     code = "timeout"
 
 
-class BackendError(ServiceError):
+class RemoteBackendError(ServiceError):
     """The remote model server answered with an error we cannot attribute to the request."""
 
     status_code = 502
     code = "backend_error"
 
 
-class BackendFailed(ServiceError):
+class ModelCallFailed(ServiceError):
     """The model call itself raised: only the requests in that batch get this."""
 
     status_code = 500
     code = "model_error"
 
-
-PROTOCOL_PREFIXES = ("/v1/", "/v2/")
-
-
-def error_response(status: int, code: str, message: str, details: Any = None,
-                   headers: dict[str, str] | None = None) -> Response:
-    """Build the one error body shape; also used by the request-size guard."""
-    if has_request_context():
-        g.error_code = code  # read by the access log and the rejections metric
-        if request.path.startswith(PROTOCOL_PREFIXES) or request.path == "/v2":
-            # TF Serving REST and the Open Inference Protocol answer {"error": "<message>"}, and
-            # know no 422: their clients see the shape and statuses they were written for.
-            response = jsonify({"error": message})
-            response.status_code = 400 if status == 422 else status
-            response.headers.update(headers or {})
-            return response
-    error: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        error["details"] = details
-    response = jsonify({"error": error})
-    response.status_code = status
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    return response
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Install the three handlers: our tree, pydantic validation, and werkzeug's HTTP errors."""
-
-    @app.errorhandler(ServiceError)
-    def _service_error(err: ServiceError) -> Response:
-        if err.status_code >= 500:
-            _log.warning("request failed: %s: %s", err.code, err.message)
-        return error_response(err.status_code, err.code, err.message, err.details, err.headers())
-
-    @app.errorhandler(ValidationError)
-    def _validation_error(err: ValidationError) -> Response:
-        details = err.errors(include_url=False, include_context=False, include_input=False)
-        first = details[0] if details else {"loc": (), "msg": "invalid"}
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        return error_response(422, "validation_error", f"request failed validation: {where}: {first['msg']}", details)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
-        if isinstance(err, RequestEntityTooLarge):
-            return error_response(413, BodyTooLarge.code, "request body exceeds the size limit")
-        status = err.code or 500
-        code = (err.name or "error").lower().replace(" ", "_")
-        return error_response(status, code, err.description or err.name)
-
-    @app.errorhandler(Exception)
-    def _unexpected(err: Exception) -> Response:
-        _log.exception("unhandled error")
-        return error_response(500, ServiceError.code, "internal server error")

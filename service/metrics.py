@@ -1,4 +1,4 @@
-"""Prometheus metrics, defined once at module level, and the `/metrics` view.
+"""Prometheus metrics, defined once at module level (served by `service.api.metrics`).
 
 Under Gunicorn every worker writes to `PROMETHEUS_MULTIPROC_DIR` and `/metrics` aggregates
 them (client_python's multiprocess mode); without it the default registry is used. Labels stay
@@ -7,19 +7,11 @@ low-cardinality: model, version, route, status class, reason.
 
 from __future__ import annotations
 
-import os
+import prometheus_client
+from prometheus_client import Counter, Gauge, Histogram
 
-from flask import Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+REGISTRY = prometheus_client.REGISTRY
+"""The registry these metrics are registered in (read directly without multiprocess mode)."""
 
 # Latency buckets from 1 ms to 60 s: a batch of 1360x1024 images on CPU takes seconds.
 _LATENCY_BUCKETS_S = (
@@ -90,17 +82,8 @@ CONFIDENCE = Histogram(
 def status_class(status_code: int) -> str:
     """'2xx', '4xx', ...: keeps the requests counter's cardinality fixed."""
     return f"{status_code // 100}xx"
-
-
-def _registry() -> CollectorRegistry:
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        # NOTE: a fresh registry per scrape, as client_python's multiprocess docs require.
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return registry
-    return REGISTRY
-
-
-def metrics_view() -> Response:
-    """GET /metrics in Prometheus text format."""
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+PREPROCESSING_SKEW = Gauge(
+    "serving_preprocessing_skew",
+    "1 when a loaded version was trained with another preprocessing version than the service runs.",
+    ["model", "version"], multiprocess_mode="livemax",
+)

@@ -66,10 +66,30 @@ def _resize_plane(plane: NDArray[np.float32], height: int, width: int) -> NDArra
 
 def prepare(pixels: NDArray[np.generic], height: int, width: int, channels: int) -> NDArray[np.float32]:
     """Turn decoded pixels into one (height, width, channels) float32 model input."""
+    out = np.empty((height, width, channels), dtype=np.float32)
+    prepare_into(pixels, out)
+    return out
+
+
+def prepare_into(pixels: NDArray[np.generic], out: NDArray[np.float32]) -> None:
+    """Write one model input into `out` (a batch's slot, (height, width, channels) float32).
+
+    A gray image already at the model's size is converted straight into the slot: for a
+    1360x1024 16-bit field that saves two 5.6 MB float32 copies per image.
+    """
+    height, width, channels = out.shape
+    data = np.asarray(pixels)
     if channels == 1:
-        return _resize_plane(to_gray(pixels), height, width)[:, :, np.newaxis]
+        if data.ndim == 3 and data.shape[2] == 1:
+            data = data[:, :, 0]
+        if data.ndim == 2 and data.shape == (height, width):
+            np.copyto(out[:, :, 0], data, casting="unsafe")
+            return
+        out[:, :, 0] = _resize_plane(to_gray(data), height, width)
+        return
     if channels == 3:
-        rgb = to_rgb(pixels)
-        planes = [_resize_plane(rgb[:, :, c], height, width) for c in range(3)]
-        return np.stack(planes, axis=2)
+        rgb = to_rgb(data)
+        for c in range(3):
+            out[:, :, c] = _resize_plane(rgb[:, :, c], height, width)
+        return
     raise ValueError(f"models with {channels} input channels are not supported")

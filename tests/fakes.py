@@ -8,7 +8,7 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
-from service.repository import ModelInfo
+from service.models import ModelInfo
 
 FAKE_HEIGHT, FAKE_WIDTH = 32, 40
 
@@ -24,6 +24,7 @@ class FakeBackend:
     """Records batch sizes; can be held on a gate, slowed down, or made to fail."""
 
     name = "fake"
+    devices = ["fake:0"]
 
     def __init__(
         self,
@@ -31,6 +32,7 @@ class FakeBackend:
         delay_s: float = 0.0,
         fail_with: Exception | None = None,
         gate: threading.Event | None = None,
+        load_gate: threading.Event | None = None,
         height: int = FAKE_HEIGHT,
         width: int = FAKE_WIDTH,
         channels: int = 1,
@@ -38,6 +40,7 @@ class FakeBackend:
         self.delay_s = delay_s
         self.fail_with = fail_with
         self.gate = gate
+        self.load_gate = load_gate  # load() waits for it: a model that is slow to load
         self.batch_sizes: list[int] = []
         self.started = threading.Event()  # set when a batch starts (to sequence tests)
         self.info = ModelInfo(
@@ -47,6 +50,8 @@ class FakeBackend:
         )
 
     def load(self) -> ModelInfo:
+        if self.load_gate is not None:
+            self.load_gate.wait(timeout=10)
         return self.info
 
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -59,6 +64,9 @@ class FakeBackend:
         if self.fail_with is not None:
             raise self.fail_with
         return expected_probabilities(batch)
+
+    def reachable(self) -> bool:
+        return True
 
     def close(self) -> None:
         pass

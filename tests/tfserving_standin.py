@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 
 from service.batching import MicroBatcher
 from service.errors import ServiceError
-from service.repository import list_models, list_versions
+from service.models import list_models, list_versions
 
 
 class _Servable:

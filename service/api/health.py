@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from service.models import get_manager
-from service.openapi import document
+from service.api.common import get_manager
+from service.api.openapi import document
 from service.schemas import HealthResponse, ReadyResponse, StatusResponse
 
 bp = Blueprint("health", __name__)

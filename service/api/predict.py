@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
-from numpy.typing import NDArray
 
-from service.codecs.images import ImageLimits
+from service.api.common import begin_inference, check_image_count, run_inference
+from service.api.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
 from service.errors import InvalidInput, NoImage, UnsupportedMediaType
-from service.inference import (
-    ImageInput,
-    check_image_count,
-    class_names,
-    decode_b64,
-    label_and_observe,
-    prepare_inputs,
-)
-from service.models import get_manager
-from service.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
-from service.repository import ModelInfo
+from service.pipeline import EncodedImage, InferenceResult, ModelRoute, decode_b64
 from service.schemas import (
     ErrorResponse,
     Prediction,
@@ -43,8 +31,7 @@ ACCEPTED_MEDIA_TYPES = sorted(RAW_MEDIA_TYPES | {"multipart/form-data", "applica
 class Upload:
     """One image as received, with where it came from."""
 
-    data: bytes
-    page: int
+    image: EncodedImage
     sample: SampleInfo
 
 
@@ -54,15 +41,15 @@ def _decode_b64(text: str, index: int) -> bytes:
     return decode_b64(text, f"instance {index}: b64")
 
 
-def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload]:
+def _uploads_from_request(params: PredictParams) -> list[Upload]:
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
         files = request.files.getlist("image")
         if not files:
             raise NoImage(f"multipart body has no 'image' field (fields: {sorted(request.files)})")
-        check_image_count(len(files), max_images)
+        check_image_count(len(files))
         return [
-            Upload(file.read(), params.page, SampleInfo(id=file.filename or str(index)))
+            Upload(EncodedImage(file.read(), params.page), SampleInfo(id=file.filename or str(index)))
             for index, file in enumerate(files)
         ]
     if mimetype == "application/json":
@@ -70,12 +57,13 @@ def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload
         if body is None:
             raise InvalidInput("body is not valid JSON")
         if isinstance(body, dict) and isinstance(body.get("instances"), list):
-            check_image_count(len(body["instances"]), max_images)
+            check_image_count(len(body["instances"]))
         parsed = PredictRequest.model_validate(body)
         return [
             Upload(
-                _decode_b64(instance.b64, index),
-                instance.page if instance.page is not None else params.page,
+                EncodedImage(
+                    _decode_b64(instance.b64, index), instance.page if instance.page is not None else params.page
+                ),
                 SampleInfo(
                     id=instance.id if instance.id is not None else str(index),
                     plate=instance.plate, well=instance.well, site=instance.site,
@@ -87,7 +75,7 @@ def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload
         data = request.get_data(cache=False)
         if not data:
             raise NoImage("request body is empty")
-        return [Upload(data, params.page, SampleInfo(id="0"))]
+        return [Upload(EncodedImage(data, params.page), SampleInfo(id="0"))]
     if not mimetype and not request.content_length:
         raise NoImage("request has no body")
     raise UnsupportedMediaType(
@@ -95,18 +83,16 @@ def _uploads_from_request(params: PredictParams, max_images: int) -> list[Upload
     )
 
 
-def _predictions(probabilities: NDArray[np.float32], uploads: list[Upload], info: ModelInfo) -> list[Prediction]:
-    names = class_names(info, probabilities.shape[1])
-    labels = label_and_observe(probabilities, info)
+def _predictions(result: InferenceResult, uploads: list[Upload]) -> list[Prediction]:
     return [
         Prediction(
             **upload.sample.model_dump(),
             label=label,
-            probabilities={name: float(p) for name, p in zip(names, row)},
-            model=info.name,
-            model_version=info.version,
+            probabilities={name: float(p) for name, p in zip(result.class_names, row)},
+            model=result.info.name,
+            model_version=result.info.version,
         )
-        for row, upload, label in zip(probabilities, uploads, labels)
+        for row, upload, label in zip(result.probabilities, uploads, result.labels)
     ]
 
 
@@ -121,25 +107,15 @@ def _predictions(probabilities: NDArray[np.float32], uploads: list[Upload], info
 )
 def predict() -> Response:
     """Classify every image in the request; answers in the order the images were sent."""
-    deadline = time.monotonic()
-    manager = get_manager()
-    settings = manager.settings
-    deadline += settings.request_timeout_s
     params = PredictParams.model_validate(request.args.to_dict())
-    g.model = params.model or manager.default_model()
-    manager.get(params.model, params.version)  # 404 / 503 before reading a large body
-    uploads = _uploads_from_request(params, settings.max_images_per_request)
-    g.images = len(uploads)
-    limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)
-    encoded: list[ImageInput] = [(upload.data, upload.page) for upload in uploads]
-    probabilities, info, g.batch_ids = manager.infer(
-        lambda info: prepare_inputs(encoded, info, limits),
-        count=len(uploads), name=params.model, version=params.version, deadline=deadline,
-    )
+    route = ModelRoute(params.model, params.version)
+    begin_inference(route)  # 404 / 503 before reading a large body
+    uploads = _uploads_from_request(params)
+    result = run_inference([upload.image for upload in uploads], route)
     response = PredictResponse(
         request_id=g.request_id,
-        model=info.name,
-        model_version=info.version,
-        predictions=_predictions(probabilities, uploads, info),
+        model=result.info.name,
+        model_version=result.info.version,
+        predictions=_predictions(result, uploads),
     )
     return jsonify(response.model_dump(exclude_none=True))

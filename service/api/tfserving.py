@@ -11,19 +11,18 @@ use. Clients written for TF Serving keep working unchanged.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 from google.protobuf import json_format
 
-from service.codecs.images import ImageLimits
+from service.api.common import begin_inference, check_image_count, get_manager, run_inference
+from service.api.errors import answers_plain_errors
+from service.api.openapi import document
 from service.errors import InvalidInput
-from service.inference import ImageInput, check_image_count, decode_b64, label_and_observe, prepare_inputs
-from service.models import get_manager
-from service.openapi import document
-from service.repository import ModelInfo
+from service.models import ModelInfo, Servable
+from service.pipeline import EncodedImage, ImageInput, ModelRoute, decode_b64
 from service.schemas import (
     TfServingError,
     TfServingMetadataResponse,
@@ -31,9 +30,8 @@ from service.schemas import (
     TfServingPredictResponse,
     TfServingStatusResponse,
 )
-from service.servable import Servable
 
-bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
+bp = answers_plain_errors(Blueprint("tfserving", __name__, url_prefix="/v1/models"), unmatched_prefix="/v1")
 
 
 # --- status and metadata ----------------------------------------------------------------------
@@ -123,7 +121,7 @@ def _image_input(value: Any, input_key: str, where: str) -> ImageInput:
     """One instance -> encoded bytes or a pixel array."""
     if isinstance(value, dict):
         if set(value) == {"b64"}:
-            return decode_b64(value["b64"], f"{where}: b64 value"), 0
+            return EncodedImage(decode_b64(value["b64"], f"{where}: b64 value"))
         if input_key in value and len(value) == 1:
             return _image_input(value[input_key], input_key, where)
         raise InvalidInput(f"{where}: expected {{'b64': ...}} or {{'{input_key}': ...}}, got keys {sorted(value)}")
@@ -159,33 +157,21 @@ def _columnar_values(inputs: Any, input_key: str) -> list[Any]:
 )
 def predict(name: str, version: int | None = None, label: str | None = None) -> Response:
     """Predict in row or columnar form; answers in the same form."""
-    deadline = time.monotonic()
-    g.model = name
-    manager = get_manager()
-    settings = manager.settings
-    deadline += settings.request_timeout_s
+    route = ModelRoute(name, version, label)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidInput("JSON Value: body is not a JSON object")
     parsed = TfServingPredictRequest.model_validate(body)
-    servable = manager.get(name, version, label)
-    assert servable.info is not None
+    servable = begin_inference(route)
     info = servable.info
+    assert info is not None
     if parsed.signature_name not in (None, "", info.signature_name):
         raise InvalidInput(f'Serving signature name: "{parsed.signature_name}" not found in signature def')
     row_format = parsed.instances is not None
     values = parsed.instances if row_format else _columnar_values(parsed.inputs, info.input_key)
     if not values:
         raise InvalidInput("no instances in the request")
-    check_image_count(len(values), settings.max_images_per_request)
+    check_image_count(len(values))
     images = [_image_input(value, info.input_key, f"instance {i}") for i, value in enumerate(values)]
-    g.images = len(images)
-    limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)
-    probabilities, used, g.batch_ids = manager.infer(
-        lambda model: prepare_inputs(images, model, limits),
-        count=len(images), name=name, version=servable.version if version or label else None,
-        deadline=deadline,
-    )
-    label_and_observe(probabilities, used)
-    rows = probabilities.tolist()
+    rows = run_inference(images, route).probabilities.tolist()
     return jsonify({"predictions": rows} if row_format else {"outputs": rows})

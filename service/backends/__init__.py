@@ -1,15 +1,18 @@
-"""Backends run one batch of prepared images through a model: in-process or over gRPC."""
+"""Backends run one batch of prepared images through a model: in-process or over gRPC.
+
+`create_backend` is the one factory; each backend module is imported lazily so a worker pulls
+in only its own stack (TensorFlow's runtime, or a gRPC channel).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.errors import InvalidInput
-from service.repository import ModelInfo, ModelVersion
+from service.models.repository import ModelVersion
+from service.models.signature import ModelInfo
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -19,6 +22,8 @@ class Backend(Protocol):
     """A loaded model; `predict` is synchronous and called by one batcher thread at a time."""
 
     name: str
+    devices: list[str]
+    """Where the model runs (TF device names, or the TF Serving address), for /status."""
 
     def load(self) -> ModelInfo:
         """Load (or connect to) the model after the worker fork and describe its signature."""
@@ -26,58 +31,26 @@ class Backend(Protocol):
     def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         """Run (n, H, W, C) prepared images and return (n, classes) probabilities."""
 
+    def reachable(self) -> bool:
+        """False while the model cannot be reached (a remote server down); the servable then
+        reports not available and /readyz fails."""
+
     def close(self) -> None:
         """Release the model or channel."""
 
 
-def build_model_info(
-    version: ModelVersion,
-    signature_name: str,
-    input_shapes: Mapping[str, Sequence[int | None]],
-    output_keys: Sequence[str],
-) -> ModelInfo:
-    """Combine a signature (what a backend reports) with the version's metadata.json."""
-    metadata = version.metadata
-    input_key = metadata.get("input", {}).get("tensor") or _only(input_shapes, "input")
-    if input_key not in input_shapes:
-        raise InvalidInput(f"signature '{signature_name}' has no input '{input_key}'")
-    shape = list(input_shapes[input_key])
-    if len(shape) != 4 or any(side is None or side <= 0 for side in shape[1:]):
-        raise InvalidInput(
-            f"signature input '{input_key}' has shape {shape}; an (n, H, W, C) image is needed"
-        )
-    output_key = metadata.get("output", {}).get("tensor") or _only(output_keys, "output")
-    if output_key not in output_keys:
-        raise InvalidInput(f"signature '{signature_name}' has no output '{output_key}'")
-    height, width, channels = (int(side) for side in shape[1:])  # type: ignore[arg-type]
-    classes = tuple(metadata.get("classes") or ())
-    return ModelInfo(
-        name=version.name,
-        version=version.version,
-        signature_name=signature_name,
-        input_key=input_key,
-        output_key=output_key,
-        height=height,
-        width=width,
-        channels=channels,
-        classes=classes,
-        metadata=metadata,
-        path=version.path if version.path.is_dir() else None,
-    )
+def create_backend(settings: Settings, version: ModelVersion | None = None) -> Backend:
+    """The backend the settings name: the embedded one for a version on disk, or TF Serving.
 
+    Raises:
+        ValueError: the embedded backend was asked for without a version to load.
+    """
+    if settings.backend == "tfserving_grpc":
+        from service.backends.tfserving_grpc import TfServingGrpcBackend
 
-def _only(keys: Mapping[str, object] | Sequence[str], what: str) -> str:
-    names = list(keys)
-    if len(names) != 1:
-        raise InvalidInput(f"signature has {len(names)} {what}s {names}; name one in metadata.json")
-    return names[0]
+        return TfServingGrpcBackend(settings)
+    if version is None:
+        raise ValueError("the tensorflow_local backend loads one model version; none was given")
+    from service.backends.tensorflow_local import TensorflowLocalBackend
 
-
-def load_backend(settings: Settings) -> Backend:
-    """The remote backend the settings name (the embedded one is made per version by
-    `service.models.ModelManager`); imported lazily so each pulls in only its own stack."""
-    if settings.backend != "tfserving_grpc":
-        raise ValueError(f"backend {settings.backend!r} is created per model version")
-    from service.backends.tfserving_grpc import TfServingGrpcBackend
-
-    return TfServingGrpcBackend(settings)
+    return TensorflowLocalBackend(settings, version)

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service.backends import build_model_info
 from service.config import Settings
-from service.repository import ModelInfo, ModelVersion
+from service.models.repository import ModelVersion
+from service.models.signature import ModelInfo, build_model_info
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class TensorflowLocalBackend:
         self.devices = configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         version = self._version
         self._loaded = tf.saved_model.load(str(version.path))
-        signature_name = version.metadata.get("signature_name", settings.signature_name)
+        signature_name = version.metadata.signature_name or settings.signature_name
         if signature_name not in self._loaded.signatures:
             raise ValueError(
                 f"{version.path} has no signature '{signature_name}' "
@@ -87,6 +87,10 @@ class TensorflowLocalBackend:
         outputs = self._function(**{self.info.input_key: tf.constant(batch, dtype=tf.float32)})
         result: NDArray[np.float32] = outputs[self.info.output_key].numpy()
         return result
+
+    def reachable(self) -> bool:
+        """In-process: reachable whenever loaded."""
+        return True
 
     def close(self) -> None:
         self._function = None

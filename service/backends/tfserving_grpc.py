@@ -17,17 +17,18 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
-from service.backends import build_model_info
 from service.config import Settings
 from service.errors import (
-    BackendError,
     BackendTimeout,
     BackendUnavailable,
     InvalidInput,
     ModelNotFound,
+    RemoteBackendError,
     ServiceError,
 )
-from service.repository import ModelInfo, ModelVersion, read_metadata
+from service.models.metadata import check_preprocessing_skew, read_metadata
+from service.models.repository import ModelVersion
+from service.models.signature import ModelInfo, build_model_info
 
 _log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def translate_rpc_error(err: grpc.RpcError, what: str) -> ServiceError:
     """Map a gRPC status to the HTTP-facing error (INVALID_ARGUMENT -> 400, ... -> 504)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    error_class = _STATUS_TO_ERROR.get(code, BackendError)
+    error_class = _STATUS_TO_ERROR.get(code, RemoteBackendError)
     return error_class(f"TF Serving {what}: {code.name}: {details}")
 
 
@@ -64,7 +65,7 @@ def _from_tensor_proto(tensor: Any) -> NDArray[np.float32]:
     from tensorflow.core.framework import types_pb2
 
     if tensor.dtype != types_pb2.DT_FLOAT:
-        raise BackendError(f"TF Serving returned dtype {tensor.dtype}, expected DT_FLOAT")
+        raise RemoteBackendError(f"TF Serving returned dtype {tensor.dtype}, expected DT_FLOAT")
     shape = [int(dim.size) for dim in tensor.tensor_shape.dim]
     if tensor.tensor_content:
         values = np.frombuffer(tensor.tensor_content, dtype=np.float32)
@@ -214,6 +215,7 @@ class TfServingGrpcBackend:
             name=self._settings.model_name, version=version_number, path=local_dir,
             metadata=read_metadata(local_dir),
         )
+        check_preprocessing_skew(version.name, version_number, version.metadata)
         self.info = build_model_info(version, signature_name, input_shapes, list(signature.outputs))
         _log.info("TF Serving at %s serves %s version %d", self._settings.tfserving_target,
                   spec.name, version_number)
@@ -227,7 +229,7 @@ class TfServingGrpcBackend:
         request.inputs[self.info.input_key].CopyFrom(_to_tensor_proto(batch))
         response = self._call(self._predict_stub.Predict, request, "Predict")
         if self.info.output_key not in response.outputs:
-            raise BackendError(f"TF Serving response lacks output '{self.info.output_key}'")
+            raise RemoteBackendError(f"TF Serving response lacks output '{self.info.output_key}'")
         return _from_tensor_proto(response.outputs[self.info.output_key])
 
     def close(self) -> None:

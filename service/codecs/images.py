@@ -18,8 +18,6 @@ from PIL import Image, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImageShape, UndecodableImage
 
-SUPPORTED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/tiff")
-
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
@@ -27,10 +25,32 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and B
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds a decoded image must respect; set from Settings."""
+    """Bounds every image must respect, encoded or already decoded; set from Settings.
+
+    "Pixels" means pixel *values*: height x width x samples per pixel, so an RGB field counts
+    three times a gray one of the same size, as its memory does.
+    """
 
     max_pixels: int = 64_000_000
     min_side_px: int = 8
+
+    def check(self, height: int, width: int, samples: int = 1) -> None:
+        """Refuse an image from its dimensions alone, before (or instead of) decoding it.
+
+        Raises:
+            InvalidImageShape: an empty dimension, or a side under min_side_px (422).
+            ImageTooLarge: more than max_pixels values (413).
+        """
+        if height <= 0 or width <= 0:
+            raise InvalidImageShape(f"image has an empty dimension ({height}x{width})")
+        if height * width * max(samples, 1) > self.max_pixels:
+            raise ImageTooLarge(
+                f"image of {width}x{height}x{samples} exceeds the limit of {self.max_pixels} values"
+            )
+        if min(height, width) < self.min_side_px:
+            raise InvalidImageShape(
+                f"image of {width}x{height} is smaller than {self.min_side_px} px on a side"
+            )
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -44,19 +64,6 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _check_dimensions(height: int, width: int, samples: int, limits: ImageLimits) -> None:
-    if height <= 0 or width <= 0:
-        raise InvalidImageShape(f"image has an empty dimension ({height}x{width})")
-    if height * width * max(samples, 1) > limits.max_pixels:
-        raise ImageTooLarge(
-            f"image of {width}x{height}x{samples} exceeds the limit of {limits.max_pixels} values"
-        )
-    if min(height, width) < limits.min_side_px:
-        raise InvalidImageShape(
-            f"image of {width}x{height} is smaller than {limits.min_side_px} px on a side"
-        )
-
-
 def _decode_pil(data: bytes, limits: ImageLimits) -> NDArray[np.generic]:
     try:
         with warnings.catch_warnings():
@@ -65,7 +72,7 @@ def _decode_pil(data: bytes, limits: ImageLimits) -> NDArray[np.generic]:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             samples = len(image.getbands())
-            _check_dimensions(height, width, samples, limits)
+            limits.check(height, width, samples)
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UndecodableImage(f"cannot decode image: {err}") from err
@@ -105,11 +112,11 @@ def _decode_tiff(data: bytes, page_index: int, limits: ImageLimits) -> NDArray[n
             if not isinstance(page, tifffile.TiffPage):
                 page = page.aspage()
             height, width, samples = _page_layout(page)
-            _check_dimensions(height, width, samples, limits)
+            limits.check(height, width, samples)
             pixels = page.asarray()
     except (InvalidImageShape, ImageTooLarge):
         raise
-    except Exception as err:  # noqa: BLE001 - tifffile raises many types on corrupt files
+    except Exception as err:
         raise UndecodableImage(f"cannot decode TIFF: {err}") from err
     if pixels.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
         pixels = np.moveaxis(pixels, 0, -1)

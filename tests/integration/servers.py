@@ -25,8 +25,8 @@ def wait_for_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes
         try:
             if requests.get(url, timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or busy warming up on a loaded machine
         time.sleep(0.2)
     raise TimeoutError(f"{url} not 200 after {timeout_s} s")
 

@@ -17,8 +17,8 @@ import tensorflow as tf
 from PIL import Image
 
 from service.codecs.images import decode_image
+from service.models import resolve
 from service.preprocessing import prepare
-from service.repository import resolve
 from tests.conftest import MODEL_REPOSITORY, tiff_bytes
 from tests.integration.servers import GunicornServer
 

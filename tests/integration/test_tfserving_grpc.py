@@ -23,8 +23,8 @@ import tensorflow as tf
 
 from service.backends.tfserving_grpc import translate_rpc_error
 from service.codecs.images import decode_image
+from service.models import resolve
 from service.preprocessing import prepare
-from service.repository import resolve
 from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, tiff_bytes
 from tests.integration.servers import GunicornServer, free_port
 

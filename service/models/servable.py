@@ -17,10 +17,10 @@ from numpy.typing import NDArray
 
 from service import metrics
 from service.backends import Backend
-from service.batching import BatchJob, BatchReport, MicroBatcher, allowed_batch_sizes
+from service.batching import BatchJob, BatchReport, MicroBatcher, Reservation, allowed_batch_sizes
 from service.config import Settings
 from service.errors import BackendTimeout, ModelNotReady
-from service.repository import ModelInfo
+from service.models.signature import ModelInfo
 
 _log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ class Servable:
     @property
     def available(self) -> bool:
         """AVAILABLE and, for a remote backend, its server reachable."""
-        reachable = getattr(self.backend, "reachable", None)
-        return self.state is ServableState.AVAILABLE and (reachable is None or bool(reachable()))
+        return self.state is ServableState.AVAILABLE and self.backend.reachable()
 
     def load(self) -> ModelInfo:
         """Load and warm up; raises on failure (the manager decides whether to retry)."""
@@ -136,28 +135,36 @@ class Servable:
             raise ValueError(f"{record_file} holds no PredictRequest for input '{info.input_key}'")
         return np.concatenate(arrays)
 
-    def run(
-        self, rows: NDArray[np.float32], timeout_s: float, announced: int = 0
-    ) -> tuple[NDArray[np.float32], list[int]]:
-        """Send prepared images through the batcher; return their outputs and batch ids.
+    def reserve(self, images: int) -> Reservation:
+        """Claim room for a request's images in this version's batcher (see `MicroBatcher.reserve`).
 
         Raises:
             ModelNotReady: the version is not AVAILABLE (503).
+            QueueFull: the images cannot fit in the queue now (503 + Retry-After).
+        """
+        batcher = self.batcher
+        if not self.available or batcher is None:
+            raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
+        return batcher.reserve(images)
+
+    def run(self, rows: NDArray[np.float32], reservation: Reservation, timeout_s: float) -> tuple[NDArray[np.float32], list[int]]:
+        """Send prepared images through the batcher; return their outputs and batch ids.
+
+        Raises:
+            ModelNotReady: the version stopped being AVAILABLE since the reservation (503).
             QueueFull / ShuttingDown: shed or draining (503 + Retry-After).
             BackendTimeout: no answer within timeout_s (504); the images leave the queue.
         """
-        if not self.available or self.batcher is None:
-            if self.batcher is not None:
-                self.batcher.withdraw(announced)
+        if not self.available:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
-        job: BatchJob = self.batcher.submit(rows, announced)
+        job: BatchJob = reservation.submit(rows)
         try:
             return job.future.result(timeout=max(timeout_s, 0.001)), job.batch_ids
         except TimeoutError as err:
-            self.batcher.abandon(job)
+            reservation.batcher.abandon(job)
             raise BackendTimeout(
                 f"no answer within {self.settings.request_timeout_s:g} s "
-                f"({len(rows)} images, {self.batcher.queued_images} queued)"
+                f"({len(rows)} images, {reservation.batcher.queued_images} queued)"
             ) from err
 
     def unload(self, timeout_s: float | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Micro-batching between the views and the backend: one thread per worker.
+"""The micro-batcher: the request pipeline's one way to the backend, one thread per worker.
 
 Concurrent requests' images wait in a bounded queue (counted in images, not requests); the
 batcher thread takes up to `max_batch_size` images, possibly from several requests and possibly
@@ -10,113 +10,21 @@ its not-yet-started images removed from the queue.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.errors import BackendFailed, QueueFull, ServiceError, ShuttingDown
+from service.batching.jobs import BatchJob, BatchReport, Reservation
+from service.batching.policy import BatchingPolicy, CostModel, PolicyName, allowed_batch_sizes
+from service.errors import ModelCallFailed, QueueFull, ServiceError, ShuttingDown
 
 _log = logging.getLogger(__name__)
 
-PolicyName = Literal["off", "fixed", "adaptive"]
 RunBatch = Callable[[NDArray[np.float32]], NDArray[np.float32]]
-
-
-@dataclass(frozen=True)
-class BatchReport:
-    """What happened in one model call; fed to metrics and the debug log."""
-
-    batch_id: int
-    size: int
-    padded_size: int
-    requests: int
-    queue_wait_s: tuple[float, ...]
-    run_s: float
-    failed: bool
-
-
-@dataclass(eq=False)
-class BatchJob:
-    """One request's images on their way through the batcher."""
-
-    rows: NDArray[np.float32]
-    enqueued_at: float
-    future: Future[NDArray[np.float32]] = field(default_factory=Future)
-    next_row: int = 0  # first row not yet taken into a batch
-    done_rows: int = 0
-    output: NDArray[np.float32] | None = None
-    abandoned: bool = False
-    batch_ids: list[int] = field(default_factory=list)
-
-    @property
-    def pending_rows(self) -> int:
-        return len(self.rows) - self.next_row
-
-
-class CostModel:
-    """Least-squares fit of batch run time = a * size + b over recent batches (as BentoML)."""
-
-    def __init__(self, window: int = 64) -> None:
-        self._samples: deque[tuple[int, float]] = deque(maxlen=window)
-
-    def observe(self, size: int, run_s: float) -> None:
-        self._samples.append((size, run_s))
-
-    def fit(self) -> tuple[float, float]:
-        """(seconds per image, fixed seconds per call); (0, 0) until something was measured."""
-        if not self._samples:
-            return 0.0, 0.0
-        sizes = np.array([s for s, _ in self._samples], dtype=np.float64)
-        times = np.array([t for _, t in self._samples], dtype=np.float64)
-        if np.ptp(sizes) == 0:
-            return float(times.mean() / sizes[0]), 0.0
-        slope, intercept = np.polyfit(sizes, times, 1)
-        return max(float(slope), 0.0), max(float(intercept), 0.0)
-
-    def estimate_s(self, size: int) -> float:
-        """Predicted run time of a batch of `size`."""
-        per_image_s, fixed_s = self.fit()
-        return per_image_s * size + fixed_s
-
-
-class ArrivalRate:
-    """Exponentially weighted images-per-second arriving at the queue."""
-
-    def __init__(self, smoothing: float = 0.2) -> None:
-        self._smoothing = smoothing
-        self._last_at: float | None = None
-        self._gap_s: float | None = None
-
-    def observe(self, now: float, images: int) -> None:
-        if self._last_at is not None:
-            gap = max(now - self._last_at, 1e-6) / max(images, 1)
-            self._gap_s = gap if self._gap_s is None else (
-                self._smoothing * gap + (1 - self._smoothing) * self._gap_s
-            )
-        self._last_at = now
-
-    def time_to_next_s(self, now: float) -> float:
-        """Expected wait for the next image; infinite when unknown or arrivals have stalled."""
-        if self._gap_s is None or self._last_at is None:
-            return math.inf
-        since_last = now - self._last_at
-        if since_last > 2 * self._gap_s:
-            return math.inf
-        return max(self._gap_s - since_last, 0.0)
-
-
-def allowed_batch_sizes(max_batch_size: int) -> list[int]:
-    """Powers of two up to and including max_batch_size (TF Serving's allowed_batch_sizes)."""
-    sizes = [1 << bit for bit in range(max_batch_size.bit_length()) if (1 << bit) < max_batch_size]
-    return sizes + [max_batch_size]
 
 
 class MicroBatcher:
@@ -144,6 +52,7 @@ class MicroBatcher:
         self.max_batch_delay_s = max_batch_delay_s
         self.max_queue_size = max_queue_size
         self.target_latency_s = target_latency_s
+        self._policy = BatchingPolicy(policy, max_batch_size, max_batch_delay_s, target_latency_s)
         self._run_batch = run_batch
         self._pad_sizes = allowed_batch_sizes(max_batch_size) if pad_batches else None
         self._on_batch = on_batch
@@ -154,8 +63,6 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._closing = False
         self._batch_counter = 0
-        self.cost = CostModel()
-        self._arrivals = ArrivalRate()
         # NOTE: more than one thread (TF Serving's num_batch_threads) only pays when the backend
         # runs batches in parallel elsewhere, e.g. TF Serving on a GPU or several replicas.
         self._threads = [
@@ -186,15 +93,30 @@ class MicroBatcher:
                 raise QueueFull(
                     f"queue holds {self._queued_rows} of {self.max_queue_size} images; "
                     f"cannot take {len(rows)} more",
-                    retry_after_s=self._retry_after_s(),
+                    retry_after_s=self._policy.retry_after_s(self._queued_rows),
                 )
             self._jobs.append(job)
             self._queued_rows += len(rows)
-            self._arrivals.observe(now, len(rows))
+            self._policy.arrivals.observe(now, len(rows))
             depth = self._queued_rows
             self._cond.notify()
         self._report_depth(depth)
         return job
+
+    def reserve(self, images: int) -> Reservation:
+        """Claim room for a request's images before it pays for decoding them.
+
+        Use as a context manager around decoding and `Reservation.submit`: a request that
+        obviously cannot fit is refused at once (503), the fixed policy knows images are on
+        their way (so it waits for them, and only for them), and a request that fails before
+        submitting gives its claim back on exit.
+
+        Raises:
+            QueueFull: the queue cannot take `images` more now.
+        """
+        self.ensure_room(images)
+        self.announce(images)
+        return Reservation(self, images)
 
     def announce(self, images: int) -> None:
         """Images are being decoded for this batcher. The fixed policy waits for company only
@@ -214,7 +136,7 @@ class MicroBatcher:
         if self._queued_rows + images > self.max_queue_size:
             raise QueueFull(
                 f"queue holds {self._queued_rows} of {self.max_queue_size} images",
-                retry_after_s=self._retry_after_s(),
+                retry_after_s=self._policy.retry_after_s(self._queued_rows),
             )
 
     def abandon(self, job: BatchJob) -> None:
@@ -229,6 +151,11 @@ class MicroBatcher:
             depth = self._queued_rows
         job.future.cancel()
         self._report_depth(depth)
+
+    @property
+    def cost(self) -> CostModel:
+        """The measured batch cost curve (a·n + b)."""
+        return self._policy.cost
 
     @property
     def queued_images(self) -> int:
@@ -273,33 +200,15 @@ class MicroBatcher:
                     return None
                 self._cond.wait()
             while not self._closing:
-                wait_s = self._wait_budget_s(time.monotonic())
+                wait_s = self._policy.wait_budget_s(
+                    time.monotonic(), self._queued_rows, self._jobs[0].enqueued_at, self._arriving
+                )
                 if wait_s <= 0:
                     break
                 self._cond.wait(wait_s)
                 if not self._jobs:  # everything queued was abandoned while we waited
                     return []
             return self._take_rows()
-
-    def _wait_budget_s(self, now: float) -> float:
-        """How much longer the oldest queued image may wait for others (<= 0: go now)."""
-        if self._queued_rows >= self.max_batch_size or self.policy == "off":
-            return 0.0
-        age_s = now - self._jobs[0].enqueued_at
-        if self.policy == "fixed":
-            # Nothing is being decoded for us: waiting could only add latency.
-            return self.max_batch_delay_s - age_s if self._arriving else 0.0
-        # Adaptive: wait for the next image only if it is expected soon enough to be worth it
-        # (sooner than the fixed cost of a model call it saves) and before the latency target
-        # would be missed by the bigger batch it makes.
-        per_image_s, fixed_cost_s = self.cost.fit()
-        budget = self.target_latency_s - age_s - (per_image_s * (self._queued_rows + 1) + fixed_cost_s)
-        measured = per_image_s > 0 or fixed_cost_s > 0
-        worth_s = fixed_cost_s if measured else self.max_batch_delay_s
-        time_to_next = self._arrivals.time_to_next_s(now)
-        if time_to_next > min(budget, worth_s):
-            return 0.0
-        return max(time_to_next, 1e-4)
 
     def _take_rows(self) -> list[tuple[BatchJob, int, int]]:
         """Pop up to max_batch_size rows; 'off' takes a single request's rows."""
@@ -343,16 +252,16 @@ class MicroBatcher:
         try:
             outputs = self._run_batch(inputs)
             if len(outputs) != padded:
-                raise BackendFailed(f"model returned {len(outputs)} rows for a batch of {padded}")
+                raise ModelCallFailed(f"model returned {len(outputs)} rows for a batch of {padded}")
         except Exception as err:  # noqa: BLE001 - any model failure fails exactly this batch
             failed = True
-            error = err if isinstance(err, ServiceError) else BackendFailed(f"model call failed: {err}")
+            error = err if isinstance(err, ServiceError) else ModelCallFailed(f"model call failed: {err}")
             _log.warning("batch %d of %d images failed: %s", batch_id, size, err)
             for job, _, _ in live:
                 self._fail(job, error)
         run_s = time.monotonic() - started
         if not failed:
-            self.cost.observe(padded, run_s)
+            self._policy.cost.observe(padded, run_s)
             offset = 0
             for job, start, stop in live:
                 self._deliver(job, start, stop, outputs[offset : offset + stop - start], batch_id)
@@ -407,10 +316,7 @@ class MicroBatcher:
             return size
         return next(allowed for allowed in self._pad_sizes if allowed >= size)
 
-    def _retry_after_s(self) -> int:
-        per_image_s = self.cost.estimate_s(self.max_batch_size) / self.max_batch_size
-        return max(1, math.ceil(self._queued_rows * per_image_s))
-
     def _report_depth(self, depth: int) -> None:
         if self._on_queue_depth is not None:
             self._on_queue_depth(depth)
+

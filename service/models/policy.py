@@ -1,4 +1,4 @@
-"""Which models and versions to serve: TF Serving's own `models.config` format, read as is.
+"""Version policy: which models and versions to serve, from TF Serving's own `models.config`.
 
 The same file drives TensorFlow Serving (`--model_config_file`) and this service, so a lab
 switching backends keeps one source of truth for names, base paths and version policies.
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from service.models.repository import list_models
 
 PolicyKind = Literal["latest", "specific", "all"]
 
@@ -62,6 +64,4 @@ def read_model_config(path: Path, repository: Path) -> list[ModelPolicy]:
 
 def discover(repository: Path) -> list[ModelPolicy]:
     """Every model directory in the repository, latest version only."""
-    from service.repository import list_models
-
     return [ModelPolicy(name=name, base_path=repository / name) for name in list_models(repository)]

@@ -16,6 +16,8 @@ from flask import Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.api.common import get_manager
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _BINARY = {"type": "string", "format": "binary"}
@@ -145,7 +147,7 @@ TEXT = {"type": "string"}
 
 
 def _served_examples() -> dict[str, list[Any]]:
-    manager = current_app.extensions["serving"]
+    manager = get_manager()
     names = manager.model_names()
     versions = sorted({s.version for name in names for s in manager.versions(name) if s.version is not None})
     return {"name": names, "version": versions}

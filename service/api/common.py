@@ -1,0 +1,52 @@
+"""The per-request HTTP work every inference view shares: state, deadline, bookkeeping.
+
+Views call `begin_inference` first (it names the model for metrics and logs, starts the
+deadline and answers 404/503 before a large body is read), then `run_inference` with the
+images they parsed. Everything below this package is reached through these two calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flask import current_app, g
+
+from service.models import ModelManager, Servable
+from service.pipeline import ImageInput, InferenceResult, ModelRoute, Pipeline
+
+EXTENSION = "serving"
+PIPELINE_EXTENSION = "serving.pipeline"
+
+
+def get_manager() -> ModelManager:
+    """The current app's ModelManager (flaskr's `get_db()` pattern)."""
+    manager: ModelManager = current_app.extensions[EXTENSION]
+    return manager
+
+
+def get_pipeline() -> Pipeline:
+    """The current app's request pipeline."""
+    pipeline: Pipeline = current_app.extensions[PIPELINE_EXTENSION]
+    return pipeline
+
+
+def begin_inference(route: ModelRoute) -> Servable:
+    """Start an inference request: the model it is counted under, its deadline, and the
+    servable it would use now (raises ModelNotFound / ModelNotReady before the body is read)."""
+    pipeline = get_pipeline()
+    g.model = route.name or pipeline.manager.default_model()
+    g.deadline = g.started + pipeline.settings.request_timeout_s
+    return pipeline.manager.get(route.name, route.version, route.label)
+
+
+def check_image_count(count: int) -> None:
+    """413 before any image is decoded when a request carries too many."""
+    get_pipeline().check_image_count(count)
+
+
+def run_inference(images: Sequence[ImageInput], route: ModelRoute) -> InferenceResult:
+    """Run the pipeline within the request's deadline; record what the access log reports."""
+    g.images = len(images)
+    result = get_pipeline().run(images, route, g.deadline)
+    g.batch_ids = result.batch_ids
+    return result

@@ -1,0 +1,51 @@
+"""Around every request: the request id, the JSON access log line, and request metrics."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from service import metrics
+
+_access_log = logging.getLogger("service.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def install_request_hooks(app: Flask, default_model: str) -> None:
+    """Take or make an `X-Request-ID`, then count, time and log each answered request."""
+
+    @app.before_request
+    def _start_request() -> None:
+        g.started = time.monotonic()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish_request(response: Response) -> Response:
+        latency_s = time.monotonic() - g.get("started", time.monotonic())
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        model = g.get("model") or default_model
+        if route != "/metrics":
+            metrics.REQUESTS.labels(model, route, metrics.status_class(response.status_code)).inc()
+            metrics.REQUEST_LATENCY.labels(model, route).observe(latency_s)
+            if g.get("error_code"):
+                metrics.REJECTIONS.labels(model, g.error_code).inc()
+        _access_log.info(
+            "request",
+            extra={
+                "request_id": g.get("request_id"),
+                "method": request.method,
+                "route": route,
+                "status": response.status_code,
+                "latency_ms": round(latency_s * 1000, 2),
+                "images": g.get("images", 0),
+                "batch_ids": g.get("batch_ids", []),
+                "error_code": g.get("error_code"),
+            },
+        )
+        return response

@@ -1,0 +1,68 @@
+"""What travels through the batcher: one request's job, its reservation, one batch's report."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from service.batching.batcher import MicroBatcher
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What happened in one model call; fed to metrics and the debug log."""
+
+    batch_id: int
+    size: int
+    padded_size: int
+    requests: int
+    queue_wait_s: tuple[float, ...]
+    run_s: float
+    failed: bool
+
+
+@dataclass(eq=False)
+class BatchJob:
+    """One request's images on their way through the batcher."""
+
+    rows: NDArray[np.float32]
+    enqueued_at: float
+    future: Future[NDArray[np.float32]] = field(default_factory=Future)
+    next_row: int = 0  # first row not yet taken into a batch
+    done_rows: int = 0
+    output: NDArray[np.float32] | None = None
+    abandoned: bool = False
+    batch_ids: list[int] = field(default_factory=list)
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self.rows) - self.next_row
+
+
+class Reservation:
+    """Room claimed in a batcher for one request's images; see `MicroBatcher.reserve`."""
+
+    def __init__(self, batcher: MicroBatcher, images: int) -> None:
+        self.batcher = batcher
+        self.images = images
+        self._settled = False
+
+    def submit(self, rows: NDArray[np.float32]) -> BatchJob:
+        """Queue the prepared rows; the reservation is settled whether or not this succeeds."""
+        self._settled = True
+        return self.batcher.submit(rows, announced=self.images)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if not self._settled:
+            self._settled = True
+            self.batcher.withdraw(self.images)

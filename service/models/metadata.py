@@ -1,0 +1,103 @@
+"""`metadata.json` beside each model version: what a SavedModel's signature cannot say.
+
+Written by `training/model.py::export_model` and read by the service through the same typed
+model, so the two cannot drift apart. Every field is optional: a SavedModel exported elsewhere
+(a Keras ResNet50, say) has no metadata and is served from its signature alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service import metrics
+from service.preprocessing import PREPROCESSING_VERSION, preprocessing_hash
+
+_log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+
+
+class _Open(BaseModel):
+    # NOTE: unknown keys are kept, not refused: training adds blocks (evaluation, counts, QC
+    # calibration) faster than the service learns to read them.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class InputSpec(_Open):
+    tensor: str | None = None
+    height: int | None = None
+    width: int | None = None
+    channels: int | None = None
+    dtype: str | None = None
+    units: str | None = None
+
+
+class OutputSpec(_Open):
+    tensor: str | None = None
+
+
+class PreprocessingSpec(_Open):
+    version: str | None = None
+    sha256: str | None = None
+    normalization: str | None = None
+
+
+class VersionMetadata(_Open):
+    """The typed form of a version's metadata.json."""
+
+    name: str | None = None
+    version: int | None = None
+    classes: list[str] = Field(default_factory=list)
+    positive_class: str | None = None
+    signature_name: str | None = None
+    input: InputSpec = Field(default_factory=InputSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    decision_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """p(positive class) at or above which the positive class is called (argmax when unset)."""
+
+
+def read_metadata(version_dir: Path) -> VersionMetadata:
+    """The version's metadata.json, or empty metadata for SavedModels exported elsewhere.
+
+    Raises:
+        ValueError: the file exists but is not valid JSON or not the expected shape.
+    """
+    path = Path(version_dir) / METADATA_FILE
+    if not path.is_file():
+        return VersionMetadata()
+    try:
+        return VersionMetadata.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def write_metadata(version_dir: Path, metadata: VersionMetadata) -> Path:
+    """Write metadata.json (training's export); validated by the same model the service reads."""
+    path = Path(version_dir) / METADATA_FILE
+    path.write_text(json.dumps(metadata.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
+    return path
+
+
+def check_preprocessing_skew(name: str, version: int, metadata: VersionMetadata) -> str | None:
+    """Compare the preprocessing a version was trained with to the one this service runs.
+
+    A different version number is train/serve skew (a warning and a metric); a different
+    source hash with the same version is worth a note. Returns the problem, or None.
+    """
+    recorded = metadata.preprocessing
+    if recorded.version is None:
+        return None
+    if recorded.version != PREPROCESSING_VERSION:
+        problem = f"trained with preprocessing v{recorded.version}, the service runs v{PREPROCESSING_VERSION}"
+        _log.warning("model %s version %d: %s", name, version, problem)
+        metrics.PREPROCESSING_SKEW.labels(name, str(version)).set(1)
+        return problem
+    metrics.PREPROCESSING_SKEW.labels(name, str(version)).set(0)
+    if recorded.sha256 is not None and recorded.sha256 != preprocessing_hash():
+        _log.info("model %s version %d: preprocessing source hash differs (same version)", name, version)
+    return None

@@ -1,0 +1,97 @@
+"""What the service needs to feed a loaded model and read its answer, from its signature.
+
+A backend reports the signature (tensor names and shapes); the version's metadata.json adds
+what a signature cannot carry (class names, which output is the probabilities, the decision
+threshold). Both backends build their `ModelInfo` through `build_model_info`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.errors import InvalidInput
+from service.models.metadata import VersionMetadata
+from service.models.repository import ModelVersion
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A loaded version's input and output contract."""
+
+    name: str
+    version: int
+    signature_name: str
+    input_key: str
+    output_key: str
+    height: int
+    width: int
+    channels: int
+    classes: tuple[str, ...]
+    metadata: VersionMetadata = field(default_factory=VersionMetadata)
+    path: Path | None = None
+    """The version's directory, when it is on this machine."""
+
+    def class_names(self, width: int) -> tuple[str, ...]:
+        """The model's class names, or class_0.. when its metadata names none (or too few)."""
+        return self.classes if len(self.classes) == width else tuple(f"class_{i}" for i in range(width))
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary for status routes and logs."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "signature_name": self.signature_name,
+            "input": {
+                "tensor": self.input_key,
+                "shape": [None, self.height, self.width, self.channels],
+                "dtype": "float32",
+            },
+            "output": {"tensor": self.output_key, "shape": [None, len(self.classes)]},
+            "classes": list(self.classes),
+            "preprocessing": self.metadata.preprocessing.model_dump(exclude_none=True),
+        }
+
+
+def build_model_info(
+    version: ModelVersion,
+    signature_name: str,
+    input_shapes: Mapping[str, Sequence[int | None]],
+    output_keys: Sequence[str],
+) -> ModelInfo:
+    """Combine a signature (what a backend reports) with the version's metadata.json."""
+    metadata = version.metadata
+    input_key = metadata.input.tensor or _only(input_shapes, "input")
+    if input_key not in input_shapes:
+        raise InvalidInput(f"signature '{signature_name}' has no input '{input_key}'")
+    shape = list(input_shapes[input_key])
+    if len(shape) != 4 or any(side is None or side <= 0 for side in shape[1:]):
+        raise InvalidInput(
+            f"signature input '{input_key}' has shape {shape}; an (n, H, W, C) image is needed"
+        )
+    output_key = metadata.output.tensor or _only(output_keys, "output")
+    if output_key not in output_keys:
+        raise InvalidInput(f"signature '{signature_name}' has no output '{output_key}'")
+    height, width, channels = (int(side) for side in shape[1:])  # type: ignore[arg-type]
+    return ModelInfo(
+        name=version.name,
+        version=version.version,
+        signature_name=signature_name,
+        input_key=input_key,
+        output_key=output_key,
+        height=height,
+        width=width,
+        channels=channels,
+        classes=tuple(metadata.classes),
+        metadata=metadata,
+        path=version.path if version.path.is_dir() else None,
+    )
+
+
+def _only(keys: Mapping[str, object] | Sequence[str], what: str) -> str:
+    names = list(keys)
+    if len(names) != 1:
+        raise InvalidInput(f"signature has {len(names)} {what}s {names}; name one in metadata.json")
+    return names[0]

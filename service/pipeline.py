@@ -1,0 +1,160 @@
+"""The request pipeline, shared by every protocol and free of HTTP: inputs -> labelled outputs.
+
+    view (service/api/*)  ->  Pipeline.run  ->  batcher (service/batching)  ->  backend
+
+`Pipeline.run` routes to a model version, reserves room in its batcher, decodes and checks
+each input and writes it straight into its slot of the request's batch, waits for the batched
+model call, and labels the rows. Every protocol's view only parses its request into
+`ImageInput`s and renders the `InferenceResult`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service import metrics
+from service.codecs.images import ImageLimits, decode_image
+from service.config import Settings
+from service.errors import InvalidBase64, InvalidImageShape, ModelNotReady, ShuttingDown, TooManyImages
+from service.models import ModelInfo, ModelManager
+from service.preprocessing import prepare_into
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image as a request carries it: encoded bytes, and the TIFF page to read."""
+
+    data: bytes
+    page: int = 0
+
+
+#: Encoded bytes, or pixels a client already decoded (TF Serving's numeric instances, Open
+#: Inference Protocol tensors): (H, W) or (H, W, C).
+ImageInput = EncodedImage | NDArray[np.generic]
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Which model a request asked for: a name (default model when None), a version or a label."""
+
+    name: str | None = None
+    version: int | None = None
+    label: str | None = None
+
+    @property
+    def pinned(self) -> bool:
+        return self.version is not None or self.label is not None
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """A request's answer: one row of outputs and one label per image, in order."""
+
+    probabilities: NDArray[np.float32]
+    labels: list[str]
+    class_names: tuple[str, ...]
+    info: ModelInfo
+    batch_ids: list[int]
+
+
+def decode_b64(text: object, where: str) -> bytes:
+    """Base64 text of an encoded image, as every protocol carries it in JSON."""
+    try:
+        return base64.b64decode(text, validate=True)  # type: ignore[arg-type]
+    except (binascii.Error, ValueError, TypeError) as err:
+        raise InvalidBase64(f"{where}: not valid base64") from err
+
+
+class Pipeline:
+    """One worker's request path; safe to call from every request thread."""
+
+    def __init__(self, settings: Settings, manager: ModelManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)
+
+    def check_image_count(self, count: int) -> None:
+        """Refuse a request with more images than the limit (413) before decoding any."""
+        limit = self.settings.max_images_per_request
+        if count > limit:
+            raise TooManyImages(f"{count} images in one request; the limit is {limit}")
+
+    def run(self, images: Sequence[ImageInput], route: ModelRoute, deadline: float) -> InferenceResult:
+        """Classify `images` with the routed model version, by `deadline` (time.monotonic()).
+
+        A request that picked a version just as it was being swapped out is re-routed once to
+        the new version instead of failing: it was accepted, so it must not be lost. Its images
+        are decoded once and only prepared again if the new version's input shape differs.
+        """
+        self.check_image_count(len(images))
+        prepared: dict[tuple[int, int, int], NDArray[np.float32]] = {}
+        for attempt in range(2):
+            servable = self.manager.get(route.name, route.version, route.label)
+            info = servable.info
+            assert info is not None, "an available servable has its signature"
+            shape = (info.height, info.width, info.channels)
+            try:
+                with servable.reserve(len(images)) as reservation:
+                    if shape not in prepared:
+                        prepared[shape] = self._prepare(images, info)
+                    outputs, batch_ids = servable.run(prepared[shape], reservation, deadline - time.monotonic())
+            except (ShuttingDown, ModelNotReady):
+                if attempt == 1 or route.pinned:
+                    raise
+                _log.info("model %s version %s went away mid-request; re-routing", info.name, info.version)
+                continue
+            return self._label(outputs, info, batch_ids)
+        raise AssertionError("unreachable")
+
+    def _prepare(self, images: Sequence[ImageInput], info: ModelInfo) -> NDArray[np.float32]:
+        """Decode and check each image and write it into its slot of one (n, H, W, C) batch."""
+        started = time.monotonic()
+        batch = np.empty((len(images), info.height, info.width, info.channels), dtype=np.float32)
+        for index, image in enumerate(images):
+            if isinstance(image, EncodedImage):
+                pixels = decode_image(image.data, page=image.page, limits=self.limits)
+            else:
+                pixels = image
+                _check_pixel_array(pixels, self.limits)
+            prepare_into(pixels, batch[index])
+        metrics.DECODE_LATENCY.labels(info.name).observe(time.monotonic() - started)
+        return batch
+
+    def _label(self, probabilities: NDArray[np.float32], info: ModelInfo, batch_ids: list[int]) -> InferenceResult:
+        """Label each row and count labels and confidence per model version (the drift signal).
+
+        With a `decision_threshold` in the version's metadata the positive class is called at
+        or above it; otherwise the most probable class wins.
+        """
+        names = info.class_names(probabilities.shape[1])
+        best = np.argmax(probabilities, axis=1)
+        threshold = info.metadata.decision_threshold
+        positive = info.metadata.positive_class
+        if threshold is not None and positive in names and len(names) == 2:
+            column = names.index(positive)
+            best = np.where(probabilities[:, column] >= threshold, column, 1 - column)
+        labels = [names[i] for i in best]
+        version = str(info.version)
+        for label, row, index in zip(labels, probabilities, best):
+            metrics.PREDICTIONS.labels(info.name, version, label).inc()
+            metrics.CONFIDENCE.labels(info.name, version).observe(float(row[index]))
+        metrics.IMAGES.labels(info.name, version).inc(len(labels))
+        return InferenceResult(probabilities, labels, names, info, batch_ids)
+
+
+def _check_pixel_array(pixels: NDArray[np.generic], limits: ImageLimits) -> None:
+    """The bounds decode_image enforces, for pixels that arrive already decoded."""
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3, 4)):
+        raise InvalidImageShape(f"pixel array of shape {list(pixels.shape)} is not a gray or RGB image")
+    height, width = pixels.shape[:2]
+    limits.check(height, width, pixels.shape[2] if pixels.ndim == 3 else 1)

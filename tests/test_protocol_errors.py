@@ -1,0 +1,87 @@
+"""Each protocol's error shape and statuses, through Flask's test client with FakeBackend.
+
+This service's routes answer `{"error": {"code", "message"}}`; TF Serving's REST v1 and the
+Open Inference Protocol answer `{"error": "<message>"}` and turn 422 into 400, as their
+clients expect. Unmatched URLs under a protocol's prefix answer in that protocol's shape.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from flask.testing import FlaskClient
+
+from service import create_app
+from service.config import Settings
+from tests.fakes import FAKE_HEIGHT, FAKE_WIDTH, FakeBackend
+
+
+def _plain(response) -> str:  # type: ignore[no-untyped-def]
+    body = response.get_json()
+    assert set(body) == {"error"} and isinstance(body["error"], str), body
+    return str(body["error"])
+
+
+_V1_BODY = {"instances": [{"b64": "eA=="}]}
+_V2_BODY = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}]}
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("get", "/v1/models/nope", 404),
+    ("post", "/v1/models/nope:predict", 404),
+    ("get", "/v1/models/fake/versions/9", 404),
+    ("get", "/v1/models/fake/labels/canary/metadata", 404),
+    ("get", "/v1/not/a/route", 404),
+    ("get", "/v2/models/nope", 404),
+    ("post", "/v2/models/nope/infer", 404),
+    ("get", "/v2/models/fake/versions/9/ready", 404),
+    ("get", "/v2/not-a-route", 404),
+    ("get", "/v2/models/fake/infer", 405),
+])
+def test_protocol_routes_answer_their_own_error_shape(client: FlaskClient, method: str, path: str, status: int) -> None:
+    response = getattr(client, method)(path, json=_V2_BODY if path.startswith("/v2") else _V1_BODY)
+    assert response.status_code == status
+    assert _plain(response)
+
+
+def test_v1_bad_requests_are_400_with_a_message(client: FlaskClient) -> None:
+    assert "JSON object" in _plain(client.post("/v1/models/fake:predict", data="[1]", content_type="application/json"))
+    response = client.post("/v1/models/fake:predict", json={"instances": [1], "inputs": [1]})
+    assert response.status_code == 400 and _plain(response)  # a validation error is 400, not 422
+    response = client.post("/v1/models/fake:predict", json={"instances": [{"b64": "***"}]})
+    assert response.status_code == 400 and "base64" in _plain(response)
+    response = client.post("/v1/models/fake:predict", json={"instances": [[[1.0] * 4] * 4]})
+    assert response.status_code == 400 and "smaller than" in _plain(response)  # 422 in /predict
+
+
+def test_v2_bad_requests_are_400_with_a_message(client: FlaskClient) -> None:
+    response = client.post("/v2/models/fake/infer", json={"inputs": []})
+    assert response.status_code == 400 and _plain(response)
+    tensor = {"name": "wrong", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}
+    response = client.post("/v2/models/fake/infer", json={"inputs": [tensor]})
+    assert response.status_code == 400 and "unexpected inference input 'wrong'" in _plain(response)
+    response = client.post("/v2/models/fake/infer", data=b"{}", headers={"Inference-Header-Content-Length": "x"})
+    assert response.status_code == 400 and "integer" in _plain(response)
+
+
+def test_own_routes_answer_code_and_message(client: FlaskClient) -> None:
+    response = client.post("/predict?model=nope", data=b"x", content_type="image/png")
+    assert response.status_code == 404 and response.json["error"]["code"] == "model_not_found"
+    response = client.get("/no/such/route")
+    assert response.status_code == 404 and response.json["error"] == {"code": "not_found", "message": response.json["error"]["message"]}
+    response = client.post("/predict", data=b"x" * 4, content_type="image/tiff")
+    assert response.status_code == 400 and response.json["error"]["code"] == "undecodable_image"
+
+
+def test_503_carries_retry_after_in_every_shape() -> None:
+    gate = threading.Event()
+    app = create_app(Settings(model_name="fake", warmup=False), FakeBackend(load_gate=gate))
+    client = app.test_client()
+    own = client.post("/predict", data=b"x", content_type="image/png")
+    v1 = client.post("/v1/models/fake:predict", json={"instances": [[[0.0] * FAKE_WIDTH] * FAKE_HEIGHT]})
+    assert own.status_code == 503 and own.json["error"]["code"] == "model_not_ready"
+    assert v1.status_code == 503 and "not ready" in _plain(v1)
+    assert own.headers["Retry-After"] == v1.headers["Retry-After"] == "5"
+    gate.set()
+    app.extensions["serving"].close()
