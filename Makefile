@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 PORT ?= 8000
+# Loopback unless told otherwise (HOST=0.0.0.0 make run): the API has no key until one is set.
+HOST ?= 127.0.0.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup setup-dev run test train bench lint clean
@@ -22,8 +24,8 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-testdata.txt
 setup: $(VENV)/.runtime
 setup-dev: $(VENV)/.dev
 
-run: setup  ## serve model_repository/ on 0.0.0.0:$(PORT)
-	PORT=$(PORT) $(VENV)/bin/gunicorn -c python:service.gunicorn_conf "service.app:create_app()"
+run: setup  ## serve model_repository/ on $(HOST):$(PORT)
+	SERVING_HOST=$(HOST) PORT=$(PORT) $(VENV)/bin/gunicorn -c python:service.gunicorn_conf "service.app:create_app()"
 
 test: setup-dev  ## the whole suite, as CI runs it
 	$(PY) -m pytest -q

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
-from service.config import ServerSettings
-
-_server = ServerSettings()
-
-# NOTE: must be set before any process imports prometheus_client, which picks its value store
-# (per-process mmap files) at import time; workers inherit it through the fork.
+# NOTE: must be set before anything imports prometheus_client, which picks its value store
+# (per-process mmap files) at import time; workers inherit it through the fork. Hence no
+# `service` import above this block (service/__init__.py imports nothing eagerly either).
+if "prometheus_client" in sys.modules and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    raise SystemExit("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: /metrics would be empty")
+_made_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 _metrics_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"serving-metrics-{os.getpid()}")
 )
@@ -24,6 +25,10 @@ os.makedirs(_metrics_dir, exist_ok=True)
 if not os.access(_metrics_dir, os.W_OK):
     # Every request would fail with 500 later: refuse to start with the reason instead.
     raise SystemExit(f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir} is not writable by uid {os.getuid()}")
+
+from service.config import ServerSettings  # after the metrics directory, see above
+
+_server = ServerSettings()
 
 bind = f"{_server.host}:{_server.port}"
 worker_class = "gthread"
@@ -45,6 +50,12 @@ def worker_exit(server: Any, worker: Any) -> None:
     manager = getattr(app, "extensions", {}).get("serving") if app is not None else None
     if manager is not None:
         manager.close(timeout_s=_server.graceful_timeout_s)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this config made (one per run would pile up in /tmp)."""
+    if _made_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -11,6 +11,9 @@ import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
 REGISTRY = prometheus_client.REGISTRY
+
+UNKNOWN_MODEL = "unknown"
+"""The `model` label of requests for a model that is not served (labels stay a closed set)."""
 """The registry these metrics are registered in (read directly without multiprocess mode)."""
 
 # Latency buckets from 1 ms to 60 s: a batch of 1360x1024 images on CPU takes seconds.
@@ -49,6 +52,9 @@ MODEL_LATENCY = Histogram(
     ["model", "version", "backend"], buckets=_LATENCY_BUCKETS_S,
 )
 BATCH_FAILURES = Counter("serving_batch_failures_total", "Model calls that raised.", ["model"])
+BATCHER_RESTARTS = Counter(
+    "serving_batcher_restarts_total", "Batcher threads that died and were restarted.", ["model"]
+)
 QUEUE_DEPTH = Gauge(
     "serving_queue_depth_images", "Images waiting for a batch, summed over workers.", ["model"],
     multiprocess_mode="livesum",

@@ -230,3 +230,37 @@ def test_fixed_policy_waits_only_while_an_announced_request_is_on_its_way(rng: n
     batcher.submit(_rows(rng, 1)).future.result(2)
     assert time.monotonic() - started < 0.2
     batcher.close()
+
+
+def test_a_failure_outside_the_model_call_fails_only_its_batch(rng: np.random.Generator) -> None:
+    calls: list[int] = []
+
+    def broken_metrics(report: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("metrics backend hiccup")
+
+    batcher = _batcher(FakeBackend(), on_batch=broken_metrics, max_batch_delay_s=0.001)
+    rows = _rows(rng, 2)
+    np.testing.assert_allclose(batcher.submit(rows).future.result(2), expected_probabilities(rows))
+    np.testing.assert_allclose(batcher.submit(rows).future.result(2), expected_probabilities(rows))
+    assert len(calls) == 2 and batcher.healthy()
+    batcher.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_batcher_thread_is_restarted_then_reported_unhealthy(rng: np.random.Generator) -> None:
+    restarts: list[int] = []
+    backend = FakeBackend(fail_with=SystemExit("thread killed"))
+    batcher = _batcher(backend, on_thread_restart=lambda: restarts.append(1), max_batch_delay_s=0.001)
+    for attempt in range(6):
+        job = batcher.submit(_rows(rng, 1))
+        with pytest.raises(ModelCallFailed, match="thread killed"):
+            job.future.result(2)  # its own batch fails; nothing hangs
+        deadline = time.monotonic() + 2
+        while (batcher.alive_threads == 0) == (attempt < 5) and time.monotonic() < deadline:
+            time.sleep(0.01)  # a successor thread starts (or, the sixth time, none)
+        assert batcher.healthy() == (attempt < 5)
+    assert len(restarts) == 5
+    backend.fail_with = None
+    batcher.close(1)

@@ -10,6 +10,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from service import metrics
+from service.api.common import get_manager
 
 _access_log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,7 +30,7 @@ def install_request_hooks(app: Flask, default_model: str) -> None:
         latency_s = time.monotonic() - g.get("started", time.monotonic())
         route = request.url_rule.rule if request.url_rule else "unmatched"
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        model = g.get("model") or default_model
+        model = _model_label(g.get("model"), default_model)
         if route != "/metrics":
             metrics.REQUESTS.labels(model, route, metrics.status_class(response.status_code)).inc()
             metrics.REQUEST_LATENCY.labels(model, route).observe(latency_s)
@@ -49,3 +50,14 @@ def install_request_hooks(app: Flask, default_model: str) -> None:
             },
         )
         return response
+
+
+def _model_label(requested: str | None, default_model: str) -> str:
+    """The model a request is counted under: a served model's name, or "unknown".
+
+    Names come from URLs and query strings; as metric labels they would let any client create
+    series (and multiprocess files) without bound, so only names of served models pass.
+    """
+    if requested is None or requested == default_model:
+        return default_model
+    return requested if requested in get_manager().model_names() else metrics.UNKNOWN_MODEL

@@ -24,6 +24,8 @@ from service.errors import ModelCallFailed, QueueFull, ServiceError, ShuttingDow
 
 _log = logging.getLogger(__name__)
 
+MAX_RESTARTS_PER_MINUTE = 5
+
 RunBatch = Callable[[NDArray[np.float32]], NDArray[np.float32]]
 
 
@@ -44,6 +46,7 @@ class MicroBatcher:
         on_queue_depth: Callable[[int], None] | None = None,
         name: str = "model",
         num_threads: int = 1,
+        on_thread_restart: Callable[[], None] | None = None,
     ) -> None:
         if max_queue_size < max_batch_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
@@ -65,12 +68,49 @@ class MicroBatcher:
         self._batch_counter = 0
         # NOTE: more than one thread (TF Serving's num_batch_threads) only pays when the backend
         # runs batches in parallel elsewhere, e.g. TF Serving on a GPU or several replicas.
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"batcher-{name}-{index}", daemon=True)
-            for index in range(num_threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        self._on_thread_restart = on_thread_restart
+        self._restarts: deque[float] = deque(maxlen=MAX_RESTARTS_PER_MINUTE)
+        self._gave_up = False
+        self._threads = [self._start_thread(index) for index in range(num_threads)]
+
+    def _start_thread(self, index: int) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, args=(index,), name=f"batcher-{self._name}-{index}",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def alive_threads(self) -> int:
+        """Batcher threads running now."""
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def healthy(self) -> bool:
+        """Every batcher thread alive (a dead one is replaced at once, at most
+        MAX_RESTARTS_PER_MINUTE a minute; past that the batcher stays down and /readyz says so)."""
+        return self._closing or not self._gave_up and all(thread.is_alive() for thread in self._threads)
+
+    def _replace_thread(self, index: int) -> None:
+        """Called by a dying batcher thread: start its successor, or give up and fail the queue."""
+        with self._cond:
+            now = time.monotonic()
+            if self._closing:
+                return
+            if len(self._restarts) == self._restarts.maxlen and now - self._restarts[0] < 60:
+                self._gave_up = True
+                doomed = list(self._jobs)
+            else:
+                self._restarts.append(now)
+                self._threads[index] = self._start_thread(index)
+                doomed = []
+        if self._gave_up:
+            _log.error("batcher %s: threads keep dying; giving up", self._name)
+            for job in doomed:
+                self._fail(job, ModelCallFailed("the batcher stopped"))
+            return
+        _log.error("batcher thread %s died; restarted it", self._threads[index].name)
+        if self._on_thread_restart is not None:
+            self._on_thread_restart()
 
     # --- called from request threads ---------------------------------------------------------
 
@@ -89,6 +129,8 @@ class MicroBatcher:
             self._arriving -= announced
             if self._closing:
                 raise ShuttingDown("worker is shutting down", retry_after_s=1)
+            if self._gave_up:
+                raise ModelCallFailed("the batcher stopped; the worker is not ready")
             if self._queued_rows + len(rows) > self.max_queue_size:
                 raise QueueFull(
                     f"queue holds {self._queued_rows} of {self.max_queue_size} images; "
@@ -185,12 +227,23 @@ class MicroBatcher:
 
     # --- the batcher thread ---------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, index: int) -> None:
         while True:
             batch = self._collect()
             if batch is None:
                 return
-            self._execute(batch)
+            try:
+                self._execute(batch)
+            except BaseException as err:
+                # Whatever broke outside the model call (concatenating, delivering, a metrics
+                # callback) fails exactly this batch's requests, never later ones.
+                failure = err if isinstance(err, ServiceError) else ModelCallFailed(f"batch failed: {err!r}")
+                for job, _, _ in batch:
+                    self._fail(job, failure)
+                if not isinstance(err, Exception):
+                    self._replace_thread(index)
+                    raise
+                _log.exception("batch failed outside the model call")
 
     def _collect(self) -> list[tuple[BatchJob, int, int]] | None:
         """Block until a batch is due; take its rows out of the queue."""

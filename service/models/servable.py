@@ -55,7 +55,9 @@ class Servable:
     @property
     def available(self) -> bool:
         """AVAILABLE and, for a remote backend, its server reachable."""
-        return self.state is ServableState.AVAILABLE and self.backend.reachable()
+        if self.state is not ServableState.AVAILABLE or not self.backend.reachable():
+            return False
+        return self.batcher is None or self.batcher.healthy()
 
     def load(self) -> ModelInfo:
         """Load and warm up; raises on failure (the manager decides whether to retry)."""
@@ -83,6 +85,7 @@ class Servable:
             on_queue_depth=metrics.QUEUE_DEPTH.labels(self.name).set,
             name=f"{self.name}-{info.version}",
             num_threads=self.settings.batch_threads,
+            on_thread_restart=metrics.BATCHER_RESTARTS.labels(self.name).inc,
         )
         self.error = None
         self.state = ServableState.AVAILABLE
