@@ -46,6 +46,13 @@ class InvalidImageShape(ServiceError):
     code = "invalid_image_shape"
 
 
+class NonFiniteInput(ServiceError):
+    """NaN or infinite pixel values: no model answer for them would mean anything."""
+
+    status_code = 422
+    code = "non_finite_input"
+
+
 class TooManyImages(ServiceError):
     status_code = 413
     code = "too_many_images"

@@ -23,7 +23,15 @@ from numpy.typing import NDArray
 from service import metrics
 from service.codecs.images import ImageLimits, decode_image
 from service.config import Settings
-from service.errors import InvalidBase64, InvalidImageShape, ModelNotReady, ShuttingDown, TooManyImages
+from service.errors import (
+    InvalidBase64,
+    InvalidImageShape,
+    ModelCallFailed,
+    ModelNotReady,
+    NonFiniteInput,
+    ShuttingDown,
+    TooManyImages,
+)
 from service.models import ModelInfo, ModelManager
 from service.preprocessing import prepare_into
 
@@ -126,6 +134,8 @@ class Pipeline:
             else:
                 pixels = image
                 _check_pixel_array(pixels, self.limits)
+            if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+                raise NonFiniteInput(f"image {index} holds NaN or infinite pixel values")
             prepare_into(pixels, batch[index])
         metrics.DECODE_LATENCY.labels(info.name).observe(time.monotonic() - started)
         return batch
@@ -136,6 +146,9 @@ class Pipeline:
         With a `decision_threshold` in the version's metadata the positive class is called at
         or above it; otherwise the most probable class wins.
         """
+        if not np.isfinite(probabilities).all():
+            # NOTE: checked before any metric: one NaN would poison the confidence sum for good.
+            raise ModelCallFailed(f"model {info.name} version {info.version} returned non-finite outputs")
         names = info.class_names(probabilities.shape[1])
         best = np.argmax(probabilities, axis=1)
         threshold = info.metadata.decision_threshold

@@ -7,13 +7,17 @@ clients expect. Unmatched URLs under a protocol's prefix answer in that protocol
 
 from __future__ import annotations
 
+import json
 import threading
 
+import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from service import create_app
 from service.config import Settings
+from tests.conftest import tiff_bytes
 from tests.fakes import FAKE_HEIGHT, FAKE_WIDTH, FakeBackend
 
 
@@ -84,4 +88,59 @@ def test_503_carries_retry_after_in_every_shape() -> None:
     assert v1.status_code == 503 and "not ready" in _plain(v1)
     assert own.headers["Retry-After"] == v1.headers["Retry-After"] == "5"
     gate.set()
+    app.extensions["serving"].close()
+
+
+_DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("path", ["/predict", "/v1/models/fake:predict", "/v2/models/fake/infer"])
+def test_absurdly_nested_json_is_400(client: FlaskClient, path: str) -> None:
+    for body in (_DEEP, '{"instances": ' + _DEEP + "}", '{"inputs": [{"data": ' + _DEEP + "}]}"):
+        response = client.post(path, data=body, content_type="application/json")
+        assert response.status_code == 400, (path, response.status_code)
+
+
+def test_v2_shapes_whose_product_overflows_are_400(client: FlaskClient) -> None:
+    huge = [1, 2**32, 2**32, 1]
+    as_json = {"inputs": [{"name": "image", "shape": huge, "datatype": "FP32", "data": [1.0]}]}
+    assert client.post("/v2/models/fake/infer", json=as_json).status_code == 400
+    header = json.dumps({"inputs": [{"name": "image", "shape": huge, "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": 0}}]}).encode()
+    response = client.post("/v2/models/fake/infer", data=header,
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400 and "does not match shape" in _plain(response)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixels_are_refused_on_every_route(client: FlaskClient, bad: float) -> None:
+    pixels = np.zeros((FAKE_HEIGHT, FAKE_WIDTH), np.float32)
+    pixels[3, 4] = bad
+    response = client.post("/v1/models/fake:predict", json={"instances": [pixels.tolist()]})
+    assert response.status_code == 400 and "NaN or infinite" in _plain(response)
+    v2_json = {"inputs": [{"name": "image", "shape": [1, FAKE_HEIGHT, FAKE_WIDTH], "datatype": "FP32",
+                           "data": pixels.ravel().tolist()}]}
+    assert client.post("/v2/models/fake/infer", json=v2_json).status_code == 400
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, FAKE_HEIGHT, FAKE_WIDTH], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+    response = client.post("/v2/models/fake/infer", data=header + pixels.tobytes(),
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400 and "NaN or infinite" in _plain(response)
+    response = client.post("/predict", data=tiff_bytes(pixels), content_type="image/tiff")
+    assert response.status_code == 422 and response.json["error"]["code"] == "non_finite_input"
+
+
+def test_non_finite_model_outputs_fail_the_request_not_the_metrics() -> None:
+    class NaNModel(FakeBackend):
+        def predict(self, batch):  # type: ignore[no-untyped-def]
+            return np.full((len(batch), 2), np.nan, np.float32)
+
+    app = create_app(Settings(model_name="fake", warmup=False), NaNModel())
+    assert app.extensions["serving"].wait_ready(5)
+    before = REGISTRY.get_sample_value("serving_prediction_confidence_sum", {"model": "fake", "version": "1"}) or 0.0
+    pixels = np.zeros((FAKE_HEIGHT, FAKE_WIDTH), np.uint16)
+    response = app.test_client().post("/predict", data=tiff_bytes(pixels), content_type="image/tiff")
+    assert response.status_code == 500 and response.json["error"]["code"] == "model_error"
+    after = REGISTRY.get_sample_value("serving_prediction_confidence_sum", {"model": "fake", "version": "1"}) or 0.0
+    assert after == before
     app.extensions["serving"].close()

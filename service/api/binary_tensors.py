@@ -8,18 +8,21 @@ Pure functions of bytes, so they are tested without a server.
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from typing import Any
 
 import numpy as np
 
+from service.api.common import parse_json
 from service.errors import InvalidInput
 from service.pipeline import EncodedImage, ImageInput, decode_b64
 from service.schemas import V2RequestInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 NUMPY_TYPES = {"FP32": np.float32, "UINT8": np.uint8, "UINT16": np.uint16}
+#: JSON numbers are ~10 bytes each: a body within the size limit holds far fewer than this.
+MAX_JSON_VALUES = 64_000_000
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
@@ -34,10 +37,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         if not 0 < length <= len(body):
             raise InvalidInput(f"{HEADER_LENGTH} {length} does not fit a body of {len(body)} bytes")
         header, tail = body[:length], body[length:]
-    try:
-        parsed = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InvalidInput(f"inference header is not valid JSON: {err}") from err
+    parsed = parse_json(header, "inference header")
     if not isinstance(parsed, dict):
         raise InvalidInput("inference header must be a JSON object")
     return parsed, tail
@@ -94,12 +94,14 @@ def images_from_tensor(tensor: V2RequestInput, binary: bytes | None) -> list[Ima
     if len(shape) not in (3, 4):
         raise InvalidInput(f"pixel inputs have shape [n, H, W] or [n, H, W, C]; got {shape}")
     dtype = NUMPY_TYPES[tensor.datatype]
-    expected = int(np.prod(shape))
+    expected = math.prod(shape)  # exact: numpy's int64 product wraps around for absurd shapes
     if binary is not None:
         if len(binary) != expected * np.dtype(dtype).itemsize:
             raise InvalidInput(f"binary_data_size {len(binary)} does not match shape {shape} of {tensor.datatype}")
         pixels = np.frombuffer(binary, dtype=dtype).reshape(shape)
     else:
+        if not isinstance(tensor.data, list) or expected > MAX_JSON_VALUES:
+            raise InvalidInput(f"JSON data for shape {shape} must be a list of at most {MAX_JSON_VALUES} numbers")
         try:
             pixels = np.asarray(tensor.data, dtype=dtype).reshape(shape)
         except (ValueError, TypeError) as err:

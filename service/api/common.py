@@ -7,10 +7,13 @@ images they parsed. Everything below this package is reached through these two c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
-from flask import current_app, g
+from flask import current_app, g, request
 
+from service.errors import InvalidInput
 from service.models import ModelManager, Servable
 from service.pipeline import ImageInput, InferenceResult, ModelRoute, Pipeline
 
@@ -50,3 +53,21 @@ def run_inference(images: Sequence[ImageInput], route: ModelRoute) -> InferenceR
     result = get_pipeline().run(images, route, g.deadline)
     g.batch_ids = result.batch_ids
     return result
+
+
+def parse_json(data: bytes | str, what: str = "body") -> Any:
+    """JSON as every route reads it: malformed or absurdly nested JSON is a 400, never a 500.
+
+    Python's parser accepts NaN and Infinity; they are left to the pixel checks (422).
+    """
+    try:
+        return json.loads(data)
+    except RecursionError as err:
+        raise InvalidInput(f"{what} is nested too deeply") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InvalidInput(f"{what} is not valid JSON: {err}") from err
+
+
+def read_json_body() -> Any:
+    """The request body as JSON (see `parse_json`)."""
+    return parse_json(request.get_data(cache=False))

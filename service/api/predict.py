@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from service.api.common import begin_inference, check_image_count, run_inference
+from service.api.common import begin_inference, check_image_count, read_json_body, run_inference
 from service.api.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
 from service.errors import InvalidInput, NoImage, UnsupportedMediaType
 from service.pipeline import EncodedImage, InferenceResult, ModelRoute, decode_b64
@@ -53,9 +53,7 @@ def _uploads_from_request(params: PredictParams) -> list[Upload]:
             for index, file in enumerate(files)
         ]
     if mimetype == "application/json":
-        body = request.get_json(silent=True)
-        if body is None:
-            raise InvalidInput("body is not valid JSON")
+        body = read_json_body()
         if isinstance(body, dict) and isinstance(body.get("instances"), list):
             check_image_count(len(body["instances"]))
         parsed = PredictRequest.model_validate(body)

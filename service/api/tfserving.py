@@ -17,7 +17,7 @@ import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 from google.protobuf import json_format
 
-from service.api.common import begin_inference, check_image_count, get_manager, run_inference
+from service.api.common import begin_inference, check_image_count, get_manager, read_json_body, run_inference
 from service.api.errors import answers_plain_errors
 from service.api.openapi import document
 from service.errors import InvalidInput
@@ -158,7 +158,10 @@ def _columnar_values(inputs: Any, input_key: str) -> list[Any]:
 def predict(name: str, version: int | None = None, label: str | None = None) -> Response:
     """Predict in row or columnar form; answers in the same form."""
     route = ModelRoute(name, version, label)
-    body = request.get_json(silent=True)
+    try:
+        body = read_json_body()
+    except InvalidInput as err:
+        raise InvalidInput(f"JSON Parse error: {err.message}") from err
     if not isinstance(body, dict):
         raise InvalidInput("JSON Value: body is not a JSON object")
     parsed = TfServingPredictRequest.model_validate(body)
