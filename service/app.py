@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from service.api import health, open_inference, predict, tfserving
+from service.api.body import install_body_reader
 from service.api.common import EXTENSION, PIPELINE_EXTENSION
 from service.api.errors import register_error_handlers
 from service.api.hooks import install_request_hooks
@@ -42,5 +43,6 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_url_rule("/openapi.json", "openapi", openapi_view)
     app.add_url_rule("/docs", "docs", docs_view)
     install_request_hooks(app, settings.model_name)
+    install_body_reader(app, settings.max_body_bytes)  # after the hooks: its errors are logged too
     manager.start()
     return app

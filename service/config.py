@@ -146,4 +146,7 @@ class ServerSettings(BaseSettings):
     graceful_timeout_s: int = Field(30, gt=0)
     """Time a worker gets on SIGTERM to finish queued and running batches."""
 
+    request_read_timeout_s: float = Field(30.0, gt=0)
+    """Total time a request may take to send its headers and body; then 408 and the thread is freed."""
+
     worker_timeout_s: int = Field(120, gt=0)

@@ -70,6 +70,13 @@ class BodyTooLarge(ServiceError):
     code = "body_too_large"
 
 
+class RequestTimeout(ServiceError):
+    """The client did not send its whole request within the read deadline."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"

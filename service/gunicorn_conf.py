@@ -30,8 +30,10 @@ from service.config import ServerSettings  # after the metrics directory, see ab
 
 _server = ServerSettings()
 
+# Slow or stalled clients get 408 instead of holding a thread (gthread has no read timeout).
+os.environ["SERVING_REQUEST_READ_TIMEOUT_S"] = str(_server.request_read_timeout_s)
 bind = f"{_server.host}:{_server.port}"
-worker_class = "gthread"
+worker_class = "service.gunicorn_worker.DeadlineThreadWorker"
 workers = _server.workers
 threads = _server.threads
 timeout = _server.worker_timeout_s

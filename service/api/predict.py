@@ -8,7 +8,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from service.api.common import begin_inference, check_image_count, read_json_body, run_inference
 from service.api.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
-from service.errors import InvalidInput, NoImage, UnsupportedMediaType
+from service.errors import NoImage, UnsupportedMediaType
 from service.pipeline import EncodedImage, InferenceResult, ModelRoute, decode_b64
 from service.schemas import (
     ErrorResponse,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 from google.protobuf import json_format
 
 from service.api.common import begin_inference, check_image_count, get_manager, read_json_body, run_inference

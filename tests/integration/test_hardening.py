@@ -4,6 +4,8 @@ bodies, deep JSON, non-finite numbers. Each case once broke or starved a worker.
 from __future__ import annotations
 
 import secrets
+import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,13 +16,17 @@ import requests
 from tests.integration.servers import GunicornServer
 from tests.models import export_tiny_model
 
+READ_TIMEOUT_S = 2.0
+MAX_BODY_BYTES = 1 << 20
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
     root = tmp_path_factory.mktemp("hardening")
     export_tiny_model(root / "repo", "tiny", 1)
     with GunicornServer(root, model_repository=root / "repo", model_name="tiny", threads=8,
-                        max_batch_size=4, repository_poll_interval_s=0) as started:
+                        max_batch_size=4, repository_poll_interval_s=0, request_read_timeout_s=READ_TIMEOUT_S,
+                        max_body_bytes=MAX_BODY_BYTES) as started:
         yield started
 
 
@@ -62,3 +68,61 @@ def test_random_model_names_create_no_metric_series(server: GunicornServer) -> N
     assert not any(name in exposition for name in names)
     assert _series(exposition) == baseline_series
     assert _dir_bytes(server.metrics_dir) == baseline_bytes
+
+
+def _connect(server: GunicornServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=30)
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_stalled_bodies_get_408_and_free_their_threads(server: GunicornServer) -> None:
+    stalled = []
+    for _ in range(16):  # twice the worker's 8 threads
+        sock = _connect(server)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/tiff\r\n"
+                     b"Content-Length: 200000\r\n\r\n" + b"\0" * 1024)
+        stalled.append(sock)
+    started = time.monotonic()
+    # Normal traffic goes on: it waits for a thread at most one read deadline.
+    response = requests.get(f"{server.url}/healthz", timeout=30)
+    assert response.status_code == 200 and time.monotonic() - started < 3 * READ_TIMEOUT_S
+    answers = [_read_response(sock) for sock in stalled]
+    assert time.monotonic() - started < 4 * READ_TIMEOUT_S
+    assert all(answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer for answer in answers), answers[0]
+    for sock in stalled:
+        sock.close()
+    assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
+
+
+def test_stalled_headers_get_408(server: GunicornServer) -> None:
+    sock = _connect(server)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\n")
+    started = time.monotonic()
+    answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 2 * READ_TIMEOUT_S
+    sock.close()
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_truncated(server: GunicornServer) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(3):
+            yield b"\0" * (MAX_BODY_BYTES // 2 + 1)
+
+    response = requests.post(f"{server.url}/predict", data=chunks(), headers={"Content-Type": "image/tiff"},
+                             timeout=30)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    response = requests.post(f"{server.url}/v1/models/tiny:predict", data=chunks(),
+                             headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 413 and isinstance(response.json()["error"], str)
