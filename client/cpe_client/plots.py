@@ -25,6 +25,7 @@ def plot_heatmap(wells: list[dict[str, Any]], path: Path, title: str) -> Path:
     for well in wells:
         row, column = well_position(well["Metadata_Well"])
         grid[row - 1][column - 1] = float(well["mean_p_infected"])
+    ax.set_facecolor("#e6e6e6")  # wells without images
     image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="equal")
     for well in wells:
         row, column = well_position(well["Metadata_Well"])
