@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cpe_client.results import write_csv
-from cpe_client.wells import well_position
+from cpe_client.wells import normalize_well, well_position
 
 ANY_SITE_P = 0.9
 LOW_CONFIDENCE = (0.2, 0.8)
@@ -56,7 +56,8 @@ def summarize_wells(rows: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str], list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         if row.get("Metadata_Well") and row.get("p_infected"):
-            groups[(row.get("Metadata_Plate") or "", row.get("Metadata_TimePoint") or "", row["Metadata_Well"])].append(row)
+            well = normalize_well(row["Metadata_Well"])  # hand-edited CSVs may say B7
+            groups[(row.get("Metadata_Plate") or "", row.get("Metadata_TimePoint") or "", well)].append(row)
     summary = []
     for key in sorted(groups, key=_well_order):
         sites = groups[key]
