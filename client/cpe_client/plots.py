@@ -9,9 +9,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
 
-from cpe_client.wells import PLATE_FORMATS, plate_format_for, row_letters, well_position  # noqa: E402
+from cpe_client.wells import PLATE_FORMATS, plate_format_for, row_letters, well_position
 
 
 def plot_heatmap(wells: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -30,7 +31,7 @@ def plot_heatmap(wells: list[dict[str, Any]], path: Path, title: str) -> Path:
     for well in wells:
         row, column = well_position(well["Metadata_Well"])
         if well["call"] == "infected":
-            ax.add_patch(plt.Rectangle((column - 1.5, row - 1.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+            ax.add_patch(Rectangle((column - 1.5, row - 1.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
         if int(well["flagged"]):
             ax.text(column - 1, row - 1, "×", ha="center", va="center", color="white", fontsize=12 * scale)
     step = 1 if columns <= 24 else 4

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from datetime import datetime, timezone
 
 #: Statuses worth another try: the server shed load, timed out or lost its backend.
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -22,8 +22,9 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int, retry_after_s: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait before attempt `attempt + 1` (attempt counts from 0)."""
-        backoff = min(self.max_s, self.base_s * 2 ** attempt)
-        backoff *= 1 + self.jitter * (rng or random).uniform(-1, 1)
+        backoff = min(self.max_s, self.base_s * 2.0 ** attempt)
+        uniform = rng.uniform if rng is not None else random.uniform
+        backoff *= 1 + self.jitter * uniform(-1, 1)
         if retry_after_s is not None:
             # The server knows its queue: never come back earlier than it asked.
             return max(backoff, min(retry_after_s, self.max_s))
@@ -42,5 +43,5 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

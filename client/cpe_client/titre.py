@@ -26,6 +26,7 @@ import csv
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from cpe_client.wells import normalize_well
@@ -97,7 +98,7 @@ def spearman_karber(dilutions: list[Dilution]) -> tuple[float, list[str]]:
     """E by Spearman–Kärber (see module docstring), with warnings for unmet assumptions."""
     rows = _cleaned(dilutions)
     warnings: list[str] = []
-    steps = {round(b.x - a.x, 9) for a, b in zip(rows, rows[1:])}
+    steps = {round(b.x - a.x, 9) for a, b in pairwise(rows)}
     if len(steps) != 1:
         raise ValueError(f"Spearman–Kärber needs equally spaced dilutions; log10 steps found: {sorted(steps)}")
     d = steps.pop()

@@ -62,7 +62,7 @@ def normalize_well(text: str, plate_wells: int | None = None) -> str:
         ValueError: not a well name, or outside the plate.
     """
     if not isinstance(text, str):
-        raise ValueError(f"well must be text, not {type(text).__name__}")
+        raise ValueError(f"well must be text, not {type(text).__name__}")  # noqa: TRY004 (one error type for callers)
     row, column = well_position(text)
     if plate_wells is not None:
         if plate_wells not in PLATE_FORMATS:

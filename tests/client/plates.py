@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-
 from cpe_client.wells import well_position
 
 
@@ -33,7 +32,7 @@ def file_name(layout: str, plate: str, well: str, site: int, time_point: int, ch
 def write_plate(root: Path, layout: str, wells: list[str], sites: int = 2, time_points: int = 2,
                 channels: int = 1, plate: str = "P001", seed: int = 0) -> list[Path]:
     """Every (well, site, time point, channel) image of a plate; returns the paths."""
-    paths = []
+    paths: list[Path] = []
     for t in range(1, time_points + 1):
         for well in wells:
             for site in range(1, sites + 1):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 #: (status, headers, body) for one request, given the request's image file names.
 Answer = tuple[int, dict[str, str], dict[str, Any]]
@@ -37,7 +37,7 @@ class StubServer:
     status_body: dict[str, Any] = field(default_factory=lambda: {"ready": True, "models": {}})
     posts: list[tuple[float, list[str]]] = field(default_factory=list)
 
-    def __enter__(self) -> StubServer:
+    def __enter__(self) -> Self:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):

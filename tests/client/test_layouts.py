@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cpe_client.layouts import from_file_map, from_layout, from_pattern, parse_name, pick_channel
+
 from tests.client.plates import tiny_tiff, wells_of, write_plate
 
 

@@ -9,6 +9,7 @@ from cpe_client.client import Client
 from cpe_client.results import COLUMNS, answered_hashes, read_rows
 from cpe_client.retry import RetryPolicy
 from cpe_client.runner import file_sha256, run_plate
+
 from tests.client.plates import wells_of, write_plate
 from tests.client.stub import StubServer, error, ok
 
@@ -65,7 +66,7 @@ def test_a_bad_file_is_isolated_and_the_rest_answered(tmp_path: Path) -> None:
         summary = run_plate(Client(stub.url, retry=RetryPolicy(base_s=0.01)), root, out, quiet=True)
     assert summary.answered == 3 and dict(summary.failed) == {"undecodable_image": 1}
     assert "undecodable_image x1" in summary.describe()
-    assert [names for _, names in stub.posts][0] == [p.name for p in paths]  # one packed request first
+    assert stub.posts[0][1] == [p.name for p in paths]  # one packed request first
     assert len(stub.posts) == 5                                              # then one per image
     failures = list(csv.DictReader((tmp_path / "results.failures.csv").open()))
     assert [(f["FileName_Phase"], f["code"], f["status"]) for f in failures] == [(bad.name, "undecodable_image", "400")]

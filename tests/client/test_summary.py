@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from cpe_client.cli import main
 from cpe_client.results import COLUMNS, write_csv
 from cpe_client.summary import summarize_plates, summarize_wells, well_call

@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import pytest
-
 from cpe_client.cli import main
 from cpe_client.titre import Dilution, parse_dilution, reed_muench, spearman_karber, titrate, titre_per_ml
 
@@ -63,7 +62,7 @@ def test_twofold_steps() -> None:
 
 def test_assumptions_and_out_of_range() -> None:
     # Never reaching 0%: SK warns; RM still brackets 50% (8,6,4 of 8 -> cum % 100, 83.3... ok)
-    endpoint, warnings = spearman_karber([Dilution(1, 8, 8), Dilution(2, 6, 8), Dilution(3, 4, 8)])
+    _, warnings = spearman_karber([Dilution(1, 8, 8), Dilution(2, 6, 8), Dilution(3, 4, 8)])
     assert any("0% infected" in w for w in warnings)
     with pytest.raises(ValueError, match="50%"):
         reed_muench([Dilution(1, 8, 8), Dilution(2, 8, 8)])  # every dilution infected: titre above the range

@@ -7,21 +7,21 @@ drives the real service under Gunicorn.
 
 from __future__ import annotations
 
-import json
 import io
+import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from cpe_client.client import ApiError, Client, Upload, limits_from_status
 from cpe_client.encode import png_bytes
 from cpe_client.packing import PART_OVERHEAD_BYTES, Limits, pack
 from cpe_client.retry import RetryPolicy, parse_retry_after
+from PIL import Image
+
 from tests.client.stub import StubServer, error, ok
 
 
@@ -58,7 +58,7 @@ def test_backoff_grows_is_capped_and_never_undercuts_retry_after() -> None:
 
 
 def test_retry_after_forms() -> None:
-    now = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert parse_retry_after("7") == 7
     assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now=now) == 30
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
@@ -82,9 +82,9 @@ def test_retries_give_up_and_4xx_is_not_retried() -> None:
         with pytest.raises(ApiError) as caught:
             client.post_images([Upload("a.tif", b"abc")])
     assert caught.value.code == "queue_full" and len(stub.posts) == 3
-    with StubServer(respond=lambda names: error(400, "undecodable_image")) as stub:
-        with pytest.raises(ApiError, match="undecodable_image"):
-            Client(stub.url).post_images([Upload("a.tif", b"abc")])
+    with StubServer(respond=lambda names: error(400, "undecodable_image")) as stub, \
+            pytest.raises(ApiError, match="undecodable_image"):
+        Client(stub.url).post_images([Upload("a.tif", b"abc")])
     assert len(stub.posts) == 1
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
 from cpe_client.wells import normalize_well, plate_format_for, row_letters, well_position
 
 
@@ -51,9 +52,9 @@ def test_wells_module_is_pure_stdlib() -> None:
     import ast
     import sys
 
-    import cpe_client.wells as wells
+    from cpe_client import wells
 
-    tree = ast.parse(open(wells.__file__).read())
+    tree = ast.parse(Path(wells.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}

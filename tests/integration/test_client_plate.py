@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _predict_log(server: GunicornServer, since: int = 0) -> list[dict[str, object]]:
+def _predict_log(server: GunicornServer, since: int = 0) -> list[dict[str, Any]]:
     """/predict access-log records from line `since` on."""
     lines = server.log().splitlines()[since:]
     records = [json.loads(line) for line in lines if line.startswith("{") and '"route": "/predict"' in line]
