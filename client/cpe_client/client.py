@@ -136,8 +136,13 @@ class Client:
         return self._with_retries(lambda: self._http.get("/status"))  # type: ignore[no-any-return]
 
     def limits(self) -> Limits:
-        """What one request may carry on this server."""
-        return limits_from_status(self.status())
+        """What one request may carry on this server (the service's defaults where /status is missing)."""
+        try:
+            return limits_from_status(self.status())
+        except ApiError as err:
+            if err.status == 404:
+                return Limits()
+            raise
 
     def post_images(self, uploads: Sequence[Upload]) -> list[Prediction]:
         """One POST /predict with these images; answers in the order sent (count checked).

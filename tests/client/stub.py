@@ -35,6 +35,7 @@ class StubServer:
 
     respond: Callable[[list[str]], Answer] = ok
     status_body: dict[str, Any] = field(default_factory=lambda: {"ready": True, "models": {}})
+    status_code: int = 200
     posts: list[tuple[float, list[str]]] = field(default_factory=list)
 
     def __enter__(self) -> Self:
@@ -55,7 +56,7 @@ class StubServer:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                self._send((200, {}, stub.status_body))
+                self._send((stub.status_code, {}, stub.status_body))
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))

@@ -40,6 +40,10 @@ def test_pack_caps_images_and_bytes_and_keeps_order() -> None:
 
 def test_limits_from_status() -> None:
     assert limits_from_status({}) == Limits(64 * 1024 * 1024, 64)
+    with StubServer() as stub:  # a server without /status: the service's defaults
+        stub.status_body = {"error": {"code": "not_found", "message": "no"}}
+        stub.status_code = 404
+        assert Client(stub.url).limits() == Limits()
     assert Limits(100, 1).body_budget_bytes == 80  # 80% of the body limit
     published = {"limits": {"max_body_bytes": 1000, "max_images_per_request": 32},
                  "models": {"m": {"versions": [{"batching": {"max_queue_size": 16}}, {"batching": None}]}}}
