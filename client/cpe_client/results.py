@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +36,11 @@ class ResultWriter:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not path.exists() or path.stat().st_size == 0
-        torn = not fresh and not path.read_bytes().endswith(b"\n")
+        torn = False
+        if not fresh:
+            with path.open("rb") as tail:
+                tail.seek(-1, 2)
+                torn = tail.read(1) != b"\n"
         self._handle: IO[str] = path.open("a", newline="")
         if torn:  # the last run died mid-row: start ours on a line of its own
             self._handle.write("\n")
@@ -60,8 +64,3 @@ def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, Any]]
         writer.writeheader()
         writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
 
-
-def iter_float(rows: Iterable[dict[str, str]], column: str) -> Iterator[float]:
-    for row in rows:
-        if row.get(column):
-            yield float(row[column])

@@ -93,7 +93,15 @@ class _Sender:
         self.requests = 0
 
     def send(self, batch: list[Pending]) -> list[Outcome]:
-        uploads = [Upload(p.record.path.name, p.record.path.read_bytes(), p.record.metadata()) for p in batch]
+        uploads, unreadable = [], []
+        for item in batch:
+            try:
+                uploads.append(Upload(item.record.path.name, item.record.path.read_bytes(), item.record.metadata()))
+            except OSError as err:  # moved or unreadable since it was hashed: fails alone
+                unreadable.append((item, ApiError(None, "unreadable_file", str(err))))
+        if unreadable:
+            readable = [item for item in batch if all(item is not bad for bad, _ in unreadable)]
+            return unreadable + (self.send(readable) if readable else [])
         self.requests += 1  # a racy count across threads is fine for a summary line
         try:
             return list(zip(batch, self.client.post_images(uploads)))

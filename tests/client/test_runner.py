@@ -6,9 +6,10 @@ import csv
 from pathlib import Path
 
 from cpe_client.client import Client
+from cpe_client.layouts import ImageRecord
 from cpe_client.results import COLUMNS, answered_hashes, read_rows
 from cpe_client.retry import RetryPolicy
-from cpe_client.runner import file_sha256, run_plate
+from cpe_client.runner import Pending, _Sender, file_sha256, run_plate
 
 from tests.client.plates import wells_of, write_plate
 from tests.client.stub import StubServer, error, ok
@@ -80,3 +81,13 @@ def test_too_big_requests_are_split(tmp_path: Path) -> None:
         summary = run_plate(Client(stub.url), root, tmp_path / "r.csv", quiet=True)
     assert summary.ok and summary.answered == 4
     assert [len(names) for _, names in stub.posts] == [4, 2, 1, 1, 2, 1, 1]
+
+
+def test_a_file_gone_since_hashing_fails_alone(tmp_path: Path) -> None:
+    [present] = write_plate(tmp_path / "P001", "imagexpress", ["A01"], sites=1, time_points=1)
+    gone = Pending(ImageRecord(tmp_path / "gone.tif", well="A02"), "0" * 64, 10)
+    with StubServer() as stub:
+        outcomes = _Sender(Client(stub.url)).send([gone, Pending(ImageRecord(present, well="A01"), "1" * 64, 10)])
+    assert [(item.record.path.name, getattr(answer, "code", "ok")) for item, answer in outcomes] == \
+        [("gone.tif", "unreadable_file"), (present.name, "ok")]
+    assert stub.posts[0][1] == [present.name]
