@@ -50,10 +50,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    """Complete rows (a Ctrl-C can tear the row being written; the client resends that one)."""
+def _csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if len(row.get("request_id") or "") == 32]
+        return list(csv.DictReader(handle))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    """Complete rows of a per-image CSV (a Ctrl-C can tear the row being written; it is resent)."""
+    return [row for row in _csv(path) if len(row.get("request_id") or "") == 32]
 
 
 def _predict_log(server: GunicornServer, since: int = 0) -> list[dict[str, Any]]:
@@ -81,9 +85,9 @@ def test_plate_in_each_layout(server: GunicornServer, tmp_path: Path, layout: st
     assert all(0 <= float(r["p_infected"]) <= 1 and r["label"] in {"infected", "uninfected"} for r in rows)
     assert {r["model_name"] for r in rows} == {"cpe_cnn"} and len({r["input_sha256"] for r in rows}) == 48
     assert all(r["PathName_Phase"] == str(Path(tmp_path / r["PathName_Phase"]).resolve()) for r in rows)
-    wells = _rows(tmp_path / "results.wells.csv")
+    wells = _csv(tmp_path / "results.wells.csv")
     assert len(wells) == 24 and {w["sites"] for w in wells} == {"2"}
-    assert len(_rows(tmp_path / "results.plates.csv")) == 2
+    assert len(_csv(tmp_path / "results.plates.csv")) == 2
     for name in ("results.heatmap.P001.t1.png", "results.heatmap.P001.t2.png", "results.timecourse.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -141,5 +145,5 @@ def test_an_undecodable_file_fails_alone_and_the_exit_code_says_so(server: Gunic
     assert result.returncode == 1
     assert "1 FAILED (undecodable_image x1)" in result.stderr
     assert {r["FileName_Phase"] for r in _rows(out)} == {p.name for p in paths} - {paths[3].name}
-    [failure] = _rows(tmp_path / "results.failures.csv")
+    [failure] = _csv(tmp_path / "results.failures.csv")
     assert (failure["FileName_Phase"], failure["status"], failure["code"]) == (paths[3].name, "400", "undecodable_image")
