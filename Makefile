@@ -16,7 +16,7 @@ $(VENV)/.runtime: requirements.txt requirements-nodeps.txt
 	$(PIP) install --no-deps -r requirements-nodeps.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-testdata.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-testdata.txt client/pyproject.toml
 	$(PIP) install -r requirements-dev.txt
 	$(PIP) install --no-deps -r requirements-testdata.txt
 	touch $@
