@@ -42,6 +42,8 @@ RUN apt-get update \
 COPY --from=builder /opt/venv /opt/venv
 COPY deploy/docker/entrypoint.sh /usr/local/bin/entrypoint.sh
 COPY service/ /app/service/
+# Well names are shared with the lab client: its stdlib-only package, not its dependencies.
+COPY client/cpe_client/ /app/cpe_client/
 # Baked-in model repository (TF Serving layout); mount a volume over it to serve other models.
 COPY model_repository/ /models/
 

@@ -10,10 +10,13 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup setup-dev run test train bench lint clean
 
-$(VENV)/.runtime: requirements.txt requirements-nodeps.txt
+# The service shares the client's well names (cpe_client.wells, stdlib only): the client package
+# is installed without its own dependencies (httpx, matplotlib) into the runtime.
+$(VENV)/.runtime: requirements.txt requirements-nodeps.txt client/pyproject.toml client/cpe_client/wells.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps -r requirements-nodeps.txt
+	$(PIP) install --no-deps ./client
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-testdata.txt client/pyproject.toml

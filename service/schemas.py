@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-_WELL_PATTERN = r"^[A-Pa-p](0?[1-9]|1[0-9]|2[0-4])$"  # 6- to 384-well plates: A1..P24
+from cpe_client.wells import normalize_well
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SampleInfo(BaseModel):
-    """Where an image came from; optional, echoed back unchanged for the lab's pipeline."""
+    """Where an image came from; optional, echoed back for the lab's pipeline (wells normalised)."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(None, max_length=256, description="Client's id for the image.")
     plate: str | None = Field(None, max_length=128)
-    well: str | None = Field(None, pattern=_WELL_PATTERN, description="Well such as B07.")
+    well: str | None = Field(
+        None, max_length=16, examples=["B07"],
+        description="Well, normalised to B07 from b7, B7, B07 or r02c07 (96-, 384- and 1536-well plates).",
+    )
     site: int | None = Field(None, ge=0, le=10_000, description="Field of view in the well.")
+    channel: str | None = Field(None, max_length=64, description="Imaging channel, e.g. the phase-contrast one.")
+    time_point: int | None = Field(None, ge=0, le=1_000_000, description="Time point index of a time course.")
+
+    @field_validator("well")
+    @classmethod
+    def _canonical_well(cls, well: str | None) -> str | None:
+        return None if well is None else normalize_well(well)
 
 
 class ImageInstance(SampleInfo):
@@ -43,6 +52,12 @@ class PredictParams(BaseModel):
     page: int = Field(0, ge=0, le=100_000, description="TIFF page for multipart/raw bodies.")
     model: str | None = Field(None, max_length=128, description="Model name; the default if unset.")
     version: int | None = Field(None, ge=1, description="Pin a model version; the newest if unset.")
+    id: str | None = Field(None, max_length=256, description="Raw body: the image's id (default \"0\").")
+    plate: str | None = Field(None, max_length=128, description="Raw body: plate of the image.")
+    well: str | None = Field(None, max_length=16, description="Raw body: well of the image (normalised).")
+    site: int | None = Field(None, ge=0, le=10_000, description="Raw body: field of view.")
+    channel: str | None = Field(None, max_length=64, description="Raw body: imaging channel.")
+    time_point: int | None = Field(None, ge=0, le=1_000_000, description="Raw body: time point index.")
 
 
 class Prediction(SampleInfo):

@@ -37,4 +37,16 @@ def readyz() -> tuple[Response, int]:
 @document("Models, versions, signatures and batching", tag="health", responses={200: StatusResponse})
 def status() -> Response:
     """Models, versions and their states, signatures, devices, and the active batching policy."""
-    return jsonify(get_manager().describe())
+    manager = get_manager()
+    settings = manager.settings
+    return jsonify({
+        **manager.describe(),
+        # What a client may send (cpe-client packs its requests by these).
+        "limits": {
+            "max_body_bytes": settings.max_body_bytes,
+            "max_images_per_request": settings.max_images_per_request,
+            "max_image_pixels": settings.max_image_pixels,
+            "max_queue_size": settings.max_queue_size,
+            "request_timeout_s": settings.request_timeout_s,
+        },
+    })

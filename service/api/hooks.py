@@ -46,6 +46,7 @@ def install_request_hooks(app: Flask, default_model: str) -> None:
                 "latency_ms": round(latency_s * 1000, 2),
                 "images": g.get("images", 0),
                 "batch_ids": g.get("batch_ids", []),
+                "samples": g.get("samples"),  # plate/well/site...: in logs, never metric labels
                 "error_code": g.get("error_code"),
             },
         )

@@ -2,84 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import hashlib
+import io
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from service.api.common import begin_inference, check_image_count, read_json_body, run_inference
+from service.api.common import begin_inference, run_inference
 from service.api.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
-from service.errors import NoImage, UnsupportedMediaType
-from service.pipeline import EncodedImage, InferenceResult, ModelRoute, decode_b64
-from service.schemas import (
-    ErrorResponse,
-    Prediction,
-    PredictParams,
-    PredictRequest,
-    PredictResponse,
-    SampleInfo,
-)
+from service.api.uploads import Upload, uploads_from_request
+from service.pipeline import InferenceResult, ModelRoute
+from service.schemas import ErrorResponse, Prediction, PredictParams, PredictRequest, PredictResponse
 
 bp = Blueprint("predict", __name__)
-
-RAW_MEDIA_TYPES = frozenset(
-    {"image/png", "image/jpeg", "image/jpg", "image/tiff", "image/tif", "application/octet-stream"}
-)
-ACCEPTED_MEDIA_TYPES = sorted(RAW_MEDIA_TYPES | {"multipart/form-data", "application/json"})
-
-
-@dataclass
-class Upload:
-    """One image as received, with where it came from."""
-
-    image: EncodedImage
-    sample: SampleInfo
-
-
-def _decode_b64(text: str, index: int) -> bytes:
-    if text.startswith("data:") and "," in text:  # tolerate data URLs from browsers
-        text = text.split(",", 1)[1]
-    return decode_b64(text, f"instance {index}: b64")
-
-
-def _uploads_from_request(params: PredictParams) -> list[Upload]:
-    mimetype = request.mimetype
-    if mimetype == "multipart/form-data":
-        files = request.files.getlist("image")
-        if not files:
-            raise NoImage(f"multipart body has no 'image' field (fields: {sorted(request.files)})")
-        check_image_count(len(files))
-        return [
-            Upload(EncodedImage(file.read(), params.page), SampleInfo(id=file.filename or str(index)))
-            for index, file in enumerate(files)
-        ]
-    if mimetype == "application/json":
-        body = read_json_body()
-        if isinstance(body, dict) and isinstance(body.get("instances"), list):
-            check_image_count(len(body["instances"]))
-        parsed = PredictRequest.model_validate(body)
-        return [
-            Upload(
-                EncodedImage(
-                    _decode_b64(instance.b64, index), instance.page if instance.page is not None else params.page
-                ),
-                SampleInfo(
-                    id=instance.id if instance.id is not None else str(index),
-                    plate=instance.plate, well=instance.well, site=instance.site,
-                ),
-            )
-            for index, instance in enumerate(parsed.instances)
-        ]
-    if mimetype in RAW_MEDIA_TYPES:
-        data = request.get_data(cache=False)
-        if not data:
-            raise NoImage("request body is empty")
-        return [Upload(EncodedImage(data, params.page), SampleInfo(id="0"))]
-    if not mimetype and not request.content_length:
-        raise NoImage("request has no body")
-    raise UnsupportedMediaType(
-        f"content type '{mimetype or 'none'}' is not accepted; use one of {ACCEPTED_MEDIA_TYPES}"
-    )
-
 
 def _predictions(result: InferenceResult, uploads: list[Upload]) -> list[Prediction]:
     return [
@@ -108,8 +43,11 @@ def predict() -> Response:
     params = PredictParams.model_validate(request.args.to_dict())
     route = ModelRoute(params.model, params.version)
     begin_inference(route)  # 404 / 503 before reading a large body
-    uploads = _uploads_from_request(params)
+    uploads = uploads_from_request(params)
+    g.samples = [upload.sample.model_dump(exclude_none=True, exclude={"id"}) for upload in uploads]
     result = run_inference([upload.image for upload in uploads], route)
+    if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
+        return _csv_response(result, uploads)
     response = PredictResponse(
         request_id=g.request_id,
         model=result.info.name,
@@ -117,3 +55,31 @@ def predict() -> Response:
         predictions=_predictions(result, uploads),
     )
     return jsonify(response.model_dump(exclude_none=True))
+
+
+#: The per-image row of `Accept: text/csv`, named as CellProfiler and pycytominer name columns
+#: (the same columns `cpe-client` writes, so both join with CellProfiler output).
+CSV_COLUMNS = (
+    "Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Channel", "Metadata_TimePoint",
+    "FileName_Phase", "p_infected", "label", "qc_status", "model_name", "model_version",
+    "preprocessing_hash", "input_sha256", "request_id",
+)
+
+
+def _csv_response(result: InferenceResult, uploads: list[Upload]) -> Response:
+    info = result.info
+    positive = info.metadata.positive_class or result.class_names[-1]
+    column = result.class_names.index(positive) if positive in result.class_names else -1
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for upload, row, label in zip(uploads, result.probabilities, result.labels):
+        sample = upload.sample
+        writer.writerow([
+            sample.plate or "", sample.well or "", "" if sample.site is None else sample.site,
+            sample.channel or "", "" if sample.time_point is None else sample.time_point, sample.id,
+            f"{float(row[column]):.6g}", label, "", info.name, info.version,
+            info.metadata.preprocessing.sha256 or "", hashlib.sha256(upload.image.data).hexdigest(),
+            g.request_id,
+        ])
+    return Response(buffer.getvalue(), mimetype="text/csv")
