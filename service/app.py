@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from service.api import health, open_inference, predict, tfserving
+from service.api.auth import install_authentication
 from service.api.body import install_body_reader
 from service.api.common import EXTENSION, PIPELINE_EXTENSION
 from service.api.errors import register_error_handlers
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_url_rule("/openapi.json", "openapi", openapi_view)
     app.add_url_rule("/docs", "docs", docs_view)
     install_request_hooks(app, settings.model_name)
-    install_body_reader(app, settings.max_body_bytes)  # after the hooks: its errors are logged too
+    # In this order: an unauthenticated client is refused before its body is read.
+    install_authentication(app, settings)
+    install_body_reader(app, settings.max_body_bytes)
     manager.start()
     return app

@@ -37,6 +37,16 @@ class Settings(BaseSettings):
 
     signature_name: str = "serving_default"
 
+    # --- access -------------------------------------------------------------------------------
+    api_keys: str | None = Field(None, repr=False)
+    """Comma-separated API keys; when set (or api_keys_file), every non-public route needs one."""
+
+    api_keys_file: Path | None = None
+    """A file of SHA-256 hex digests of API keys, one per line (# comments): no key in clear."""
+
+    public_paths: str = "/healthz,/readyz,/metrics"
+    """Comma-separated paths that answer without a key (probes and the Prometheus scrape)."""
+
     # --- input limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Requests with a larger body get 413 before they are read."""

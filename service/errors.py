@@ -7,6 +7,7 @@ class attributes; nothing here knows about HTTP frameworks. Views raise, never c
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -133,3 +134,14 @@ class ModelCallFailed(ServiceError):
     status_code = 500
     code = "model_error"
 
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+~-]+/)+([\w.@+~-]+)")
+
+
+def redact_paths(text: str) -> str:
+    """Absolute file paths (from library error messages) reduced to their last part.
+
+    Error text of TensorFlow, tifffile or a failed load may name files on the server; the
+    server's log keeps the full message, a client sees `…/saved_model.pb`.
+    """
+    return _ABSOLUTE_PATH.sub(r"…/\1", text)

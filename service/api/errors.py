@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, g, has_request_context, jsonify, r
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from service.errors import BodyTooLarge, ServiceError
+from service.errors import BodyTooLarge, ServiceError, redact_paths
 
 _log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ def _plain_message_protocol() -> bool:
 def error_response(status: int, code: str, message: str, details: Any = None,
                    retry_after_s: int | None = None) -> Response:
     """Build the error body for the current request's protocol."""
+    if status >= 500:
+        message = redact_paths(message)
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
     if has_request_context():
         g.error_code = code  # read by the access log and the rejections metric

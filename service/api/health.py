@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from service.api.common import get_manager
 from service.api.openapi import document
+from service.errors import redact_paths
 from service.schemas import HealthResponse, ReadyResponse, StatusResponse
 
 bp = Blueprint("health", __name__)
@@ -30,7 +31,7 @@ def readyz() -> tuple[Response, int]:
     if manager.ready:
         served = {name: [s.version for s in manager.versions(name) if s.available] for name in manager.model_names()}
         return jsonify({"status": "ready", "models": served}), 200
-    return jsonify({"status": "not_ready", "reason": manager.not_ready_reason()}), 503
+    return jsonify({"status": "not_ready", "reason": redact_paths(manager.not_ready_reason() or "")}), 503
 
 
 @bp.get("/status")

@@ -19,4 +19,5 @@ def _registry() -> CollectorRegistry:
 
 def metrics_view() -> Response:
     """GET /metrics in Prometheus text format."""
-    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: CONTENT_TYPE_LATEST carries its charset already.
+    return Response(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)

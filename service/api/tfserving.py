@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from service.api.common import begin_inference, check_image_count, get_manager, read_json_body, run_inference
 from service.api.errors import answers_plain_errors
 from service.api.openapi import document
-from service.errors import InvalidInput
+from service.errors import InvalidInput, redact_paths
 from service.models import ModelInfo, Servable
 from service.pipeline import EncodedImage, ImageInput, ModelRoute, decode_b64
 from service.schemas import (
@@ -43,7 +43,7 @@ def _status_entry(servable: Servable) -> dict[str, Any]:
         "state": servable.state.value,
         "status": {
             "error_code": "OK" if servable.error is None else "UNKNOWN",
-            "error_message": servable.error or "",
+            "error_message": redact_paths(servable.error or ""),
         },
     }
 

@@ -19,7 +19,7 @@ from service import metrics
 from service.backends import Backend
 from service.batching import BatchJob, BatchReport, MicroBatcher, Reservation, allowed_batch_sizes
 from service.config import Settings
-from service.errors import BackendTimeout, ModelNotReady
+from service.errors import BackendTimeout, ModelNotReady, redact_paths
 from service.models.signature import ModelInfo
 
 _log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class Servable:
         return {
             "version": self.version,
             "state": self.state.value,
-            "error": self.error,
+            "error": redact_paths(self.error) if self.error else None,
             "warmup": self.warmup_source,
             "batching": self.batcher.describe() if self.batcher is not None else None,
         }

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
+from tests.conftest import tiff_bytes
 from tests.integration.servers import GunicornServer
 from tests.models import export_tiny_model
 
@@ -126,3 +128,26 @@ def test_a_chunked_body_over_the_limit_is_413_not_truncated(server: GunicornServ
     response = requests.post(f"{server.url}/v1/models/tiny:predict", data=chunks(),
                              headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == 413 and isinstance(response.json()["error"], str)
+
+
+def test_api_keys_end_to_end_and_refused_before_the_body_is_read(tmp_path: Path) -> None:
+    export_tiny_model(tmp_path / "repo", "tiny", 1)
+    with GunicornServer(tmp_path, model_repository=tmp_path / "repo", model_name="tiny", api_keys="k-1,k-2",
+                        repository_poll_interval_s=0, request_read_timeout_s=10) as keyed:
+        image = tiff_bytes(np.zeros((32, 40), np.uint16))
+        url = f"{keyed.url}/predict"
+        refused = requests.post(url, data=image, headers={"Content-Type": "image/tiff"}, timeout=10)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
+        ok = requests.post(url, data=image, headers={"Content-Type": "image/tiff", "Authorization": "Bearer k-2"},
+                           timeout=10)
+        assert ok.status_code == 200 and ok.json()["predictions"][0]["label"]
+        assert requests.get(f"{keyed.url}/metrics", timeout=10).status_code == 200
+        # 50 MB announced, nothing sent: a client without a key is answered at once, not read.
+        sock = _connect(keyed)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/tiff\r\n"
+                     b"Content-Length: 50000000\r\n\r\n")
+        started = time.monotonic()
+        sock.settimeout(5)
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 2
+        sock.close()
