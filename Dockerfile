@@ -12,19 +12,19 @@ ARG TF_VARIANT=cpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv binutils \
  && rm -rf /var/lib/apt/lists/*
-COPY requirements.txt requirements-nodeps.txt deploy/docker/requirements.sh /src/
+COPY requirements.txt requirements.lock requirements-nodeps.lock deploy/docker/requirements.sh /src/
 # The wheelhouse is bind-mounted, not copied: its 350 MB (several GB for GPU) never land in a layer.
 # NOTE: C++ headers (290 MB) and libclang (TF's build-time dependency) are never used to serve;
 # TensorFlow's two core libraries ship their static symbol tables (~200 MB; the dynamic symbols
 # that loading and custom ops need stay); pip goes too, so nothing installs at run time.
 # Only TensorFlow's own libraries are stripped: strip can corrupt auditwheel/patchelf'ed ones.
 RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
-    sh /src/requirements.sh "${TF_VARIANT}" < /src/requirements.txt > /src/requirements-variant.txt \
+    cd /src && sh requirements.sh "${TF_VARIANT}" > /src/requirements-variant.txt \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse \
       -r /src/requirements-variant.txt \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse --no-deps \
-      -r /src/requirements-nodeps.txt \
+      -r /src/requirements-nodeps.lock \
  && /opt/venv/bin/pip uninstall -q -y libclang \
  && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include \
  && strip --strip-unneeded /opt/venv/lib/python3.11/site-packages/tensorflow/libtensorflow_*.so.2 \

@@ -8,14 +8,15 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-dev run test train bench lint clean
+.PHONY: setup setup-dev run test train bench clean
 
 # The service shares the client's well names (cpe_client.wells, stdlib only): the client package
 # is installed without its own dependencies (httpx, matplotlib) into the runtime.
-$(VENV)/.runtime: requirements.txt requirements-nodeps.txt client/pyproject.toml client/cpe_client/wells.py
+# The runtime installs from the hash-pinned locks (`make lock` regenerates them from the .txt files).
+$(VENV)/.runtime: requirements.lock requirements-nodeps.lock client/pyproject.toml client/cpe_client/wells.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -r requirements.txt
-	$(PIP) install --no-deps -r requirements-nodeps.txt
+	$(PIP) install --require-hashes -r requirements.lock
+	$(PIP) install --require-hashes --no-deps -r requirements-nodeps.lock
 	$(PIP) install --no-deps ./client
 	touch $@
 
@@ -42,6 +43,27 @@ bench: setup-dev  ## side-by-side throughput/latency table (see README, Performa
 clean:
 	rm -rf $(VENV) .pytest_cache
 
+# --- supply chain ----------------------------------------------------------------------------
+# requirements*.txt name what the service needs; the locks pin every transitive wheel by hash for
+# Linux x86_64 / CPython 3.11 (the image's). uv and pip-audit run from a tool venv of their own.
+LOCK_TOOLS := $(VENV)/lock-tools
+UV_COMPILE := $(LOCK_TOOLS)/bin/uv pip compile --generate-hashes --no-header --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28
+
+.PHONY: lock audit
+
+$(LOCK_TOOLS)/.installed:
+	test -x $(LOCK_TOOLS)/bin/python || $(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip --disable-pip-version-check -q install uv==0.13.9 pip-audit==2.10.1
+	touch $@
+
+lock: $(LOCK_TOOLS)/.installed  ## re-resolve requirements.lock and requirements-nodeps.lock
+	$(UV_COMPILE) requirements.txt -o requirements.lock
+	$(UV_COMPILE) --no-deps requirements-nodeps.txt -o requirements-nodeps.lock
+
+audit: $(LOCK_TOOLS)/.installed  ## known vulnerabilities in the locked runtime (pip-audit)
+	$(LOCK_TOOLS)/bin/pip-audit --strict --disable-pip --no-deps -r requirements.lock -r requirements-nodeps.lock
+
 # --- containers (deploy/README.md) -----------------------------------------------------------
 # The image build cannot reach PyPI: `make wheelhouse` downloads every wheel for the image's
 # Python (Debian bookworm's CPython 3.11, manylinux x86_64) and the Dockerfile installs only from
@@ -57,10 +79,10 @@ PIP_DOWNLOAD := $(PIP) download --dest wheelhouse --only-binary=:all: --python-v
 
 .PHONY: wheelhouse image
 
-wheelhouse/.$(TF_VARIANT): requirements.txt requirements-nodeps.txt deploy/docker/requirements.sh
+wheelhouse/.$(TF_VARIANT): requirements.lock requirements-nodeps.lock deploy/docker/requirements.sh
 	mkdir -p wheelhouse
-	sh deploy/docker/requirements.sh $(TF_VARIANT) < requirements.txt | $(PIP_DOWNLOAD) -r /dev/stdin
-	$(PIP_DOWNLOAD) --no-deps -r requirements-nodeps.txt
+	sh deploy/docker/requirements.sh $(TF_VARIANT) | $(PIP_DOWNLOAD) -r /dev/stdin
+	$(PIP_DOWNLOAD) --no-deps -r requirements-nodeps.lock
 	touch $@
 
 wheelhouse: wheelhouse/.$(TF_VARIANT)  ## wheels for the image (TF_VARIANT=cpu|gpu)
