@@ -8,7 +8,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-dev run test train bench clean
+.PHONY: setup setup-dev run test train bench fuzz-api clean
 
 # The service shares the client's well names (cpe_client.wells, stdlib only): the client package
 # is installed without its own dependencies (httpx, matplotlib) into the runtime.
@@ -39,6 +39,9 @@ train: setup-dev  ## regenerate synthetic data, train and export model_repositor
 
 bench: setup-dev  ## side-by-side throughput/latency table (see README, Performance)
 	$(PY) -m bench.run
+
+fuzz-api: setup-dev  ## schemathesis: >= 2,000 generated requests against Gunicorn, 0 5xx
+	$(PY) -m fuzz.api --cases 2000
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -79,6 +79,12 @@ PREDICTIONS = Counter(
     "serving_predictions_total", "Predicted labels, per model version: the drift signal.",
     ["model", "version", "label"],
 )
+QC_OUTCOMES = Counter(
+    "serving_qc_outcomes_total", "Images by quality/out-of-distribution gate status.", ["model", "version", "status"],
+)
+QC_REASONS = Counter(
+    "serving_qc_reasons_total", "Gate flags (warn or reject) by reason.", ["model", "version", "reason"],
+)
 CONFIDENCE = Histogram(
     "serving_prediction_confidence", "Probability of the predicted label.", ["model", "version"],
     buckets=_CONFIDENCE_BUCKETS,

@@ -34,6 +34,7 @@ from service.errors import (
 )
 from service.models import ModelInfo, ModelManager
 from service.preprocessing import prepare_into
+from service.quality import QcMode, QcVerdict, bit_depth, gate, gated
 
 _log = logging.getLogger(__name__)
 
@@ -66,13 +67,18 @@ class ModelRoute:
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """A request's answer: one row of outputs and one label per image, in order."""
+    """A request's answer: one row of outputs and one label per image, in order.
+
+    A label is None only for an image the QC gate rejected under `?qc=reject`; `qc` is None
+    when the gate is off or the version has none.
+    """
 
     probabilities: NDArray[np.float32]
-    labels: list[str]
+    labels: list[str | None]
     class_names: tuple[str, ...]
     info: ModelInfo
     batch_ids: list[int]
+    qc: list[QcVerdict] | None = None
 
 
 def decode_b64(text: object, where: str) -> bytes:
@@ -97,7 +103,8 @@ class Pipeline:
         if count > limit:
             raise TooManyImages(f"{count} images in one request; the limit is {limit}")
 
-    def run(self, images: Sequence[ImageInput], route: ModelRoute, deadline: float) -> InferenceResult:
+    def run(self, images: Sequence[ImageInput], route: ModelRoute, deadline: float,
+            qc_mode: QcMode = "warn") -> InferenceResult:
         """Classify `images` with the routed model version, by `deadline` (time.monotonic()).
 
         A request that picked a version just as it was being swapped out is re-routed once to
@@ -106,6 +113,7 @@ class Pipeline:
         """
         self.check_image_count(len(images))
         prepared: dict[tuple[int, int, int], NDArray[np.float32]] = {}
+        depths: list[int | None] = []
         for attempt in range(2):
             servable = self.manager.get(route.name, route.version, route.label)
             info = servable.info
@@ -114,19 +122,22 @@ class Pipeline:
             try:
                 with servable.reserve(len(images)) as reservation:
                     if shape not in prepared:
-                        prepared[shape] = self._prepare(images, info)
+                        prepared[shape] = self._prepare(images, info, depths)
                     outputs, batch_ids = servable.run(prepared[shape], reservation, deadline - time.monotonic())
             except (ShuttingDown, ModelNotReady):
                 if attempt == 1 or route.pinned:
                     raise
                 _log.info("model %s version %s went away mid-request; re-routing", info.name, info.version)
                 continue
-            return self._label(outputs, info, batch_ids)
+            return self._label(outputs, info, batch_ids, depths, qc_mode)
         raise AssertionError("unreachable")
 
-    def _prepare(self, images: Sequence[ImageInput], info: ModelInfo) -> NDArray[np.float32]:
-        """Decode and check each image and write it into its slot of one (n, H, W, C) batch."""
+    def _prepare(self, images: Sequence[ImageInput], info: ModelInfo, depths: list[int | None]) -> NDArray[np.float32]:
+        """Decode and check each image and write it into its slot of one (n, H, W, C) batch;
+        note each image's bit depth for the gate."""
         started = time.monotonic()
+        depths.clear()
+        measure_depth = info.metadata.qc.bit_depths is not None
         batch = np.empty((len(images), info.height, info.width, info.channels), dtype=np.float32)
         for index, image in enumerate(images):
             if isinstance(image, EncodedImage):
@@ -137,15 +148,19 @@ class Pipeline:
             if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
                 raise NonFiniteInput(f"image {index} holds NaN or infinite pixel values")
             prepare_into(pixels, batch[index])
+            depths.append(bit_depth(pixels) if measure_depth else None)
         metrics.DECODE_LATENCY.labels(info.name).observe(time.monotonic() - started)
         return batch
 
-    def _label(self, probabilities: NDArray[np.float32], info: ModelInfo, batch_ids: list[int]) -> InferenceResult:
-        """Label each row and count labels and confidence per model version (the drift signal).
+    def _label(self, outputs: dict[str, NDArray[np.float32]], info: ModelInfo, batch_ids: list[int],
+               depths: list[int | None], qc_mode: QcMode) -> InferenceResult:
+        """Label each row, apply the QC gate, and count labels and confidence per model
+        version (the drift signal).
 
         With a `decision_threshold` in the version's metadata the positive class is called at
         or above it; otherwise the most probable class wins.
         """
+        probabilities = outputs[info.output_key]
         if not np.isfinite(probabilities).all():
             # NOTE: checked before any metric: one NaN would poison the confidence sum for good.
             raise ModelCallFailed(f"model {info.name} version {info.version} returned non-finite outputs")
@@ -156,13 +171,20 @@ class Pipeline:
         if threshold is not None and positive in names and len(names) == 2:
             column = names.index(positive)
             best = np.where(probabilities[:, column] >= threshold, column, 1 - column)
-        labels = [names[i] for i in best]
+        labels: list[str | None] = [names[i] for i in best]
+        verdicts = None
+        if qc_mode != "off" and gated(info.metadata.qc):
+            verdicts = gate(info.metadata.qc, outputs, depths, info.name, info.version)
+            if qc_mode == "reject":
+                labels = [None if v.status == "reject" else label for label, v in zip(labels, verdicts)]
         version = str(info.version)
         for label, row, index in zip(labels, probabilities, best):
+            if label is None:
+                continue  # refused by the gate: neither a prediction nor a confidence
             metrics.PREDICTIONS.labels(info.name, version, label).inc()
             metrics.CONFIDENCE.labels(info.name, version).observe(float(row[index]))
         metrics.IMAGES.labels(info.name, version).inc(len(labels))
-        return InferenceResult(probabilities, labels, names, info, batch_ids)
+        return InferenceResult(probabilities, labels, names, info, batch_ids, verdicts)
 
 
 def _check_pixel_array(pixels: NDArray[np.generic], limits: ImageLimits) -> None:

@@ -58,6 +58,17 @@ class PredictParams(BaseModel):
     site: int | None = Field(None, ge=0, le=10_000, description="Raw body: field of view.")
     channel: str | None = Field(None, max_length=64, description="Raw body: imaging channel.")
     time_point: int | None = Field(None, ge=0, le=1_000_000, description="Raw body: time point index.")
+    qc: Literal["reject", "warn", "off"] = Field(
+        "warn", description="Quality/out-of-distribution gate: 'reject' answers label null for rejected "
+                            "images, 'warn' reports and still labels, 'off' skips it.")
+
+
+class QcResult(BaseModel):
+    """The quality/out-of-distribution gate's verdict for one image."""
+
+    status: Literal["pass", "warn", "reject"]
+    reasons: list[str] = Field(description="e.g. out_of_distribution, out_of_focus, saturated, "
+                                           "empty_field, bit_depth")
 
 
 class Prediction(SampleInfo):
@@ -65,7 +76,8 @@ class Prediction(SampleInfo):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str
+    label: str | None = Field(description="The call; null when the gate rejected the image under ?qc=reject.")
+    qc: QcResult | None = None
     probabilities: dict[str, float]
     model: str
     model_version: int

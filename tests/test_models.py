@@ -146,7 +146,7 @@ def test_servable_warms_every_batch_size_then_serves_and_drains_on_unload() -> N
     rows = np.full((2, FAKE_HEIGHT, FAKE_WIDTH, 1), 123.0, np.float32)
     with servable.reserve(2) as reservation:
         results: list[np.ndarray] = []
-        worker = threading.Thread(target=lambda: results.append(servable.run(rows, reservation, 5)[0]))
+        worker = threading.Thread(target=lambda: results.append(servable.run(rows, reservation, 5)[0]["probabilities"]))
         worker.start()
         assert backend.started.wait(2)
     unloading = threading.Thread(target=servable.unload, args=(5,))

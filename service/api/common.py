@@ -16,6 +16,7 @@ from flask import current_app, g, request
 from service.errors import InvalidInput
 from service.models import ModelManager, Servable
 from service.pipeline import ImageInput, InferenceResult, ModelRoute, Pipeline
+from service.quality import QcMode
 
 EXTENSION = "serving"
 PIPELINE_EXTENSION = "serving.pipeline"
@@ -47,10 +48,10 @@ def check_image_count(count: int) -> None:
     get_pipeline().check_image_count(count)
 
 
-def run_inference(images: Sequence[ImageInput], route: ModelRoute) -> InferenceResult:
+def run_inference(images: Sequence[ImageInput], route: ModelRoute, qc_mode: QcMode = "warn") -> InferenceResult:
     """Run the pipeline within the request's deadline; record what the access log reports."""
     g.images = len(images)
-    result = get_pipeline().run(images, route, g.deadline)
+    result = get_pipeline().run(images, route, g.deadline, qc_mode)
     g.batch_ids = result.batch_ids
     return result
 

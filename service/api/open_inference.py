@@ -140,7 +140,8 @@ def infer(name: str, version: int | None = None) -> Response:
 def _respond(
     parsed: V2InferenceRequest, requested: list[V2RequestOutput], result: InferenceResult, binary_default: bool,
 ) -> Response:
-    probabilities, labels = result.probabilities, result.labels
+    probabilities = result.probabilities
+    labels = [label or "" for label in result.labels]  # None only under ?qc=reject, a /predict option
     outputs, chunks = [], []
     for output in requested:
         if output.name == LABEL_OUTPUT:

@@ -12,20 +12,30 @@ from service.api.common import begin_inference, run_inference
 from service.api.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
 from service.api.uploads import Upload, uploads_from_request
 from service.pipeline import InferenceResult, ModelRoute
-from service.schemas import ErrorResponse, Prediction, PredictParams, PredictRequest, PredictResponse
+from service.quality import QcVerdict
+from service.schemas import (
+    ErrorResponse,
+    Prediction,
+    PredictParams,
+    PredictRequest,
+    PredictResponse,
+    QcResult,
+)
 
 bp = Blueprint("predict", __name__)
 
 def _predictions(result: InferenceResult, uploads: list[Upload]) -> list[Prediction]:
+    verdicts: list[QcVerdict | None] = list(result.qc) if result.qc is not None else [None] * len(uploads)
     return [
         Prediction(
             **upload.sample.model_dump(),
             label=label,
+            qc=QcResult(status=verdict.status, reasons=verdict.reasons) if verdict is not None else None,  # type: ignore[arg-type]
             probabilities={name: float(p) for name, p in zip(result.class_names, row)},
             model=result.info.name,
             model_version=result.info.version,
         )
-        for row, upload, label in zip(result.probabilities, uploads, result.labels)
+        for row, upload, label, verdict in zip(result.probabilities, uploads, result.labels, verdicts)
     ]
 
 
@@ -45,7 +55,7 @@ def predict() -> Response:
     begin_inference(route)  # 404 / 503 before reading a large body
     uploads = uploads_from_request(params)
     g.samples = [upload.sample.model_dump(exclude_none=True, exclude={"id"}) for upload in uploads]
-    result = run_inference([upload.image for upload in uploads], route)
+    result = run_inference([upload.image for upload in uploads], route, params.qc)
     if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
         return _csv_response(result, uploads)
     response = PredictResponse(
@@ -54,7 +64,10 @@ def predict() -> Response:
         model_version=result.info.version,
         predictions=_predictions(result, uploads),
     )
-    return jsonify(response.model_dump(exclude_none=True))
+    body = response.model_dump(exclude_none=True)
+    for prediction, label in zip(body["predictions"], result.labels):
+        prediction.setdefault("label", label)  # null (refused by the gate) stays in the answer
+    return jsonify(body)
 
 
 #: The per-image row of `Accept: text/csv`, named as CellProfiler and pycytominer name columns
@@ -73,12 +86,13 @@ def _csv_response(result: InferenceResult, uploads: list[Upload]) -> Response:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for upload, row, label in zip(uploads, result.probabilities, result.labels):
+    verdicts: list[QcVerdict | None] = list(result.qc) if result.qc is not None else [None] * len(uploads)
+    for upload, row, label, verdict in zip(uploads, result.probabilities, result.labels, verdicts):
         sample = upload.sample
         writer.writerow([
             sample.plate or "", sample.well or "", "" if sample.site is None else sample.site,
             sample.channel or "", "" if sample.time_point is None else sample.time_point, sample.id,
-            f"{float(row[column]):.6g}", label, "", info.name, info.version,
+            f"{float(row[column]):.6g}", label or "", verdict.status if verdict else "", info.name, info.version,
             info.metadata.preprocessing.sha256 or "", hashlib.sha256(upload.image.data).hexdigest(),
             g.request_id,
         ])

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from service.batching.jobs import Outputs
 from service.models.repository import ModelVersion
 from service.models.signature import ModelInfo
 
@@ -28,8 +29,9 @@ class Backend(Protocol):
     def load(self) -> ModelInfo:
         """Load (or connect to) the model after the worker fork and describe its signature."""
 
-    def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Run (n, H, W, C) prepared images and return (n, classes) probabilities."""
+    def predict(self, batch: NDArray[np.float32]) -> Outputs:
+        """Run (n, H, W, C) prepared images; return (n, classes) probabilities, or named outputs
+        (row-aligned) holding `info.output_key` and the `info.extra_outputs` (QC measures)."""
 
     def reachable(self) -> bool:
         """False while the model cannot be reached (a remote server down); the servable then

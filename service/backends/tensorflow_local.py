@@ -80,13 +80,13 @@ class TensorflowLocalBackend:
         _log.info("loaded %s version %d from %s", version.name, version.version, version.path)
         return self.info
 
-    def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def predict(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         import tensorflow as tf
 
         assert self.info is not None, "load() first"
         outputs = self._function(**{self.info.input_key: tf.constant(batch, dtype=tf.float32)})
-        result: NDArray[np.float32] = outputs[self.info.output_key].numpy()
-        return result
+        wanted = (self.info.output_key, *self.info.extra_outputs)
+        return {name: outputs[name].numpy() for name in wanted}
 
     def reachable(self) -> bool:
         """In-process: reachable whenever loaded."""

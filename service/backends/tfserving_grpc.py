@@ -221,16 +221,18 @@ class TfServingGrpcBackend:
                   spec.name, version_number)
         return self.info
 
-    def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def predict(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
         from tensorflow_serving.apis import predict_pb2
 
         assert self.info is not None, "load() first"
-        request = predict_pb2.PredictRequest(model_spec=self._model_spec(), output_filter=[self.info.output_key])
+        wanted = [self.info.output_key, *self.info.extra_outputs]
+        request = predict_pb2.PredictRequest(model_spec=self._model_spec(), output_filter=wanted)
         request.inputs[self.info.input_key].CopyFrom(_to_tensor_proto(batch))
         response = self._call(self._predict_stub.Predict, request, "Predict")
-        if self.info.output_key not in response.outputs:
-            raise RemoteBackendError(f"TF Serving response lacks output '{self.info.output_key}'")
-        return _from_tensor_proto(response.outputs[self.info.output_key])
+        missing = [name for name in wanted if name not in response.outputs]
+        if missing:
+            raise RemoteBackendError(f"TF Serving response lacks outputs {missing}")
+        return {name: _from_tensor_proto(response.outputs[name]) for name in wanted}
 
     def close(self) -> None:
         with self._lock:

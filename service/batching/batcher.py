@@ -18,7 +18,15 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from service.batching.jobs import BatchJob, BatchReport, Reservation
+from service.batching.jobs import (
+    BatchJob,
+    BatchReport,
+    Outputs,
+    Reservation,
+    output_rows,
+    output_slice,
+    place_rows,
+)
 from service.batching.policy import BatchingPolicy, CostModel, PolicyName, allowed_batch_sizes
 from service.errors import ModelCallFailed, QueueFull, ServiceError, ShuttingDown
 
@@ -26,7 +34,7 @@ _log = logging.getLogger(__name__)
 
 MAX_RESTARTS_PER_MINUTE = 5
 
-RunBatch = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+RunBatch = Callable[[NDArray[np.float32]], Outputs]
 
 
 class MicroBatcher:
@@ -304,8 +312,8 @@ class MicroBatcher:
         failed = False
         try:
             outputs = self._run_batch(inputs)
-            if len(outputs) != padded:
-                raise ModelCallFailed(f"model returned {len(outputs)} rows for a batch of {padded}")
+            if output_rows(outputs) != padded:
+                raise ModelCallFailed(f"model returned {output_rows(outputs)} rows for a batch of {padded}")
         except Exception as err:  # noqa: BLE001 - any model failure fails exactly this batch
             failed = True
             error = err if isinstance(err, ServiceError) else ModelCallFailed(f"model call failed: {err}")
@@ -317,7 +325,7 @@ class MicroBatcher:
             self._policy.cost.observe(padded, run_s)
             offset = 0
             for job, start, stop in live:
-                self._deliver(job, start, stop, outputs[offset : offset + stop - start], batch_id)
+                self._deliver(job, start, stop, output_slice(outputs, offset, offset + stop - start), batch_id)
                 offset += stop - start
         report = BatchReport(
             batch_id=batch_id,
@@ -344,12 +352,10 @@ class MicroBatcher:
             return True
         return job.future.set_running_or_notify_cancel()
 
-    def _deliver(self, job: BatchJob, start: int, stop: int, part: NDArray[np.float32], batch_id: int) -> None:
+    def _deliver(self, job: BatchJob, start: int, stop: int, part: Outputs, batch_id: int) -> None:
         if job.future.done():
             return
-        if job.output is None:
-            job.output = np.empty((len(job.rows), *part.shape[1:]), dtype=part.dtype)
-        job.output[start:stop] = part
+        job.output = place_rows(job.output, part, start, stop, len(job.rows))
         job.done_rows += stop - start
         job.batch_ids.append(batch_id)
         if job.done_rows == len(job.rows):

@@ -13,6 +13,41 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from service.batching.batcher import MicroBatcher
 
+#: What a model call returns: one array, or named arrays (a signature's outputs), row-aligned.
+Outputs = NDArray[np.float32] | dict[str, NDArray[np.float32]]
+
+
+def output_rows(outputs: Outputs) -> int:
+    """Rows of a model call's outputs; every named output must have as many."""
+    if isinstance(outputs, dict):
+        counts = {len(array) for array in outputs.values()}
+        if len(counts) != 1:
+            raise ValueError(f"named outputs disagree on their row count: {sorted(counts)}")
+        return counts.pop()
+    return len(outputs)
+
+
+def output_slice(outputs: Outputs, start: int, stop: int) -> Outputs:
+    """Rows start:stop of every output."""
+    if isinstance(outputs, dict):
+        return {name: array[start:stop] for name, array in outputs.items()}
+    return outputs[start:stop]
+
+
+def place_rows(target: Outputs | None, part: Outputs, start: int, stop: int, rows: int) -> Outputs:
+    """Write `part` into rows start:stop of a request's outputs (made on first use, `rows` long)."""
+    if isinstance(part, dict):
+        assembled = target if isinstance(target, dict) else {}
+        for name, array in part.items():
+            if name not in assembled:
+                assembled[name] = np.empty((rows, *array.shape[1:]), dtype=array.dtype)
+            assembled[name][start:stop] = array
+        return assembled
+    if target is None or isinstance(target, dict):
+        target = np.empty((rows, *part.shape[1:]), dtype=part.dtype)
+    target[start:stop] = part
+    return target
+
 
 @dataclass(frozen=True)
 class BatchReport:
@@ -33,10 +68,10 @@ class BatchJob:
 
     rows: NDArray[np.float32]
     enqueued_at: float
-    future: Future[NDArray[np.float32]] = field(default_factory=Future)
+    future: Future[Outputs] = field(default_factory=Future)
     next_row: int = 0  # first row not yet taken into a batch
     done_rows: int = 0
-    output: NDArray[np.float32] | None = None
+    output: Outputs | None = None
     abandoned: bool = False
     batch_ids: list[int] = field(default_factory=list)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,6 +47,42 @@ class PreprocessingSpec(_Open):
     normalization: str | None = None
 
 
+class QcCheck(_Open):
+    """One measure of the quality/out-of-distribution gate: a signature output and its bounds.
+
+    A value beyond a `warn_*` bound flags the image; beyond a `reject_*` bound the image is
+    refused under `?qc=reject`. Bounds are measured on held-out in-distribution images at
+    export, so every backend applies the same gate.
+    """
+
+    reason: str
+    output: str
+    warn_above: float | None = None
+    warn_below: float | None = None
+    reject_above: float | None = None
+    reject_below: float | None = None
+
+    def verdict(self, value: float) -> str:
+        """'reject', 'warn' or 'pass' for one image's value (NaN fails closed)."""
+        if math.isnan(value):
+            return "reject"
+        if (self.reject_above is not None and value > self.reject_above) or (
+                self.reject_below is not None and value < self.reject_below):
+            return "reject"
+        if (self.warn_above is not None and value > self.warn_above) or (
+                self.warn_below is not None and value < self.warn_below):
+            return "warn"
+        return "pass"
+
+
+class QcSpec(_Open):
+    """The version's quality and out-of-distribution gate (empty: nothing is checked)."""
+
+    checks: list[QcCheck] = Field(default_factory=list)
+    bit_depths: list[int] | None = None
+    """Bit depths of the images the model was trained on; others are flagged `bit_depth`."""
+
+
 class VersionMetadata(_Open):
     """The typed form of a version's metadata.json."""
 
@@ -59,6 +96,7 @@ class VersionMetadata(_Open):
     preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
     decision_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """p(positive class) at or above which the positive class is called (argmax when unset)."""
+    qc: QcSpec = Field(default_factory=QcSpec)
 
 
 def read_metadata(version_dir: Path) -> VersionMetadata:

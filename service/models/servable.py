@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from service import metrics
 from service.backends import Backend
 from service.batching import BatchJob, BatchReport, MicroBatcher, Reservation, allowed_batch_sizes
+from service.batching.jobs import output_rows
 from service.config import Settings
 from service.errors import BackendTimeout, ModelNotReady, redact_paths
 from service.models.signature import ModelInfo
@@ -74,7 +75,7 @@ class Servable:
             metrics.MODEL_LOADS.labels(self.name, str(self.version_hint or "unknown"), "failed").inc()
             raise
         self.batcher = MicroBatcher(
-            self.backend.predict,
+            self._predict_named,
             policy=self.settings.batching,
             max_batch_size=self.settings.max_batch_size,
             max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
@@ -117,9 +118,9 @@ class Servable:
             sizes = list(range(1, self.settings.max_batch_size + 1))
         for size in sizes:
             batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
-            out = self.backend.predict(batch)
-            if out.shape[0] != size:
-                raise RuntimeError(f"warm-up batch of {size} returned {out.shape[0]} rows")
+            rows = output_rows(self._predict_named(batch))
+            if rows != size:
+                raise RuntimeError(f"warm-up batch of {size} returned {rows} rows")
 
     def _recorded_warmup_inputs(self, info: ModelInfo) -> NDArray[np.float32] | None:
         record_file = info.path / WARMUP_FILE if info.path is not None else None
@@ -138,6 +139,14 @@ class Servable:
             raise ValueError(f"{record_file} holds no PredictRequest for input '{info.input_key}'")
         return np.concatenate(arrays)
 
+    def _predict_named(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        """The backend's answer as named outputs (a bare array is the probabilities output)."""
+        outputs = self.backend.predict(batch)
+        if isinstance(outputs, dict):
+            return outputs
+        assert self.info is not None
+        return {self.info.output_key: outputs}
+
     def reserve(self, images: int) -> Reservation:
         """Claim room for a request's images in this version's batcher (see `MicroBatcher.reserve`).
 
@@ -150,8 +159,10 @@ class Servable:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
         return batcher.reserve(images)
 
-    def run(self, rows: NDArray[np.float32], reservation: Reservation, timeout_s: float) -> tuple[NDArray[np.float32], list[int]]:
-        """Send prepared images through the batcher; return their outputs and batch ids.
+    def run(
+        self, rows: NDArray[np.float32], reservation: Reservation, timeout_s: float
+    ) -> tuple[dict[str, NDArray[np.float32]], list[int]]:
+        """Send prepared images through the batcher; return their named outputs and batch ids.
 
         Raises:
             ModelNotReady: the version stopped being AVAILABLE since the reservation (503).
@@ -162,7 +173,9 @@ class Servable:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
         job: BatchJob = reservation.submit(rows)
         try:
-            return job.future.result(timeout=max(timeout_s, 0.001)), job.batch_ids
+            outputs = job.future.result(timeout=max(timeout_s, 0.001))
+            assert isinstance(outputs, dict), "the servable's batcher runs _predict_named"
+            return outputs, job.batch_ids
         except TimeoutError as err:
             reservation.batcher.abandon(job)
             raise BackendTimeout(

@@ -33,6 +33,8 @@ class ModelInfo:
     metadata: VersionMetadata = field(default_factory=VersionMetadata)
     path: Path | None = None
     """The version's directory, when it is on this machine."""
+    extra_outputs: tuple[str, ...] = ()
+    """Signature outputs read besides the probabilities: the QC gate's measures."""
 
     def class_names(self, width: int) -> tuple[str, ...]:
         """The model's class names, or class_0.. when its metadata names none (or too few)."""
@@ -74,6 +76,9 @@ def build_model_info(
     output_key = metadata.output.tensor or _only(output_keys, "output")
     if output_key not in output_keys:
         raise InvalidInput(f"signature '{signature_name}' has no output '{output_key}'")
+    missing = sorted({check.output for check in metadata.qc.checks} - set(output_keys))
+    if missing:
+        raise InvalidInput(f"metadata.json's QC checks read outputs {missing} the signature lacks")
     height, width, channels = (int(side) for side in shape[1:])  # type: ignore[arg-type]
     return ModelInfo(
         name=version.name,
@@ -87,6 +92,7 @@ def build_model_info(
         classes=tuple(metadata.classes),
         metadata=metadata,
         path=version.path if version.path.is_dir() else None,
+        extra_outputs=tuple(sorted({check.output for check in metadata.qc.checks if check.output != output_key})),
     )
 
 
