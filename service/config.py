@@ -77,10 +77,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     """A request whose images have not come back by then gets 504."""
 
-    batch_threads: int = Field(1, gt=0)
-    """Batches in flight at once per worker (TF Serving's num_batch_threads). 1 for the embedded
-    backend on CPU; more in front of TF Serving, e.g. with SERVING_BATCHING=off to let TF
-    Serving's own batcher merge concurrent calls."""
+    batch_threads: int = Field(0, ge=0)
+    """Batches in flight at once per worker (TF Serving's num_batch_threads); 0 chooses from the
+    device and the cost curve measured at warm-up (`service/batching/concurrency.py`)."""
 
     pad_to_allowed_batch_sizes: bool = False
     """Pad batches to powers of two (TF Serving's allowed_batch_sizes): fewer shapes to warm,

@@ -141,7 +141,7 @@ def test_servable_warms_every_batch_size_then_serves_and_drains_on_unload() -> N
     settings = _settings(warmup=True, max_batch_size=4, max_queue_size=64, max_images_per_request=64)
     servable = _servable(1, settings, backend)
     assert servable.state is ServableState.AVAILABLE and servable.warmup_source == "synthetic"
-    assert backend.batch_sizes == [1, 2, 3, 4]
+    assert backend.batch_sizes == [1, 2, 3, 4, 1, 1, 4, 4]  # every shape, then the cost curve
     backend.gate = threading.Event()
     rows = np.full((2, FAKE_HEIGHT, FAKE_WIDTH, 1), 123.0, np.float32)
     with servable.reserve(2) as reservation:

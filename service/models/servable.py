@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from service import metrics
 from service.backends import Backend
 from service.batching import BatchJob, BatchReport, MicroBatcher, Reservation, allowed_batch_sizes
+from service.batching.concurrency import CostCurve, available_cores, choose_batch_threads
 from service.batching.jobs import output_rows
 from service.config import Settings
 from service.errors import BackendTimeout, ModelNotReady, redact_paths
@@ -48,6 +49,7 @@ class Servable:
         self.info: ModelInfo | None = None
         self.batcher: MicroBatcher | None = None
         self.warmup_source = "none"
+        self.batch_threads_reason = ""
 
     @property
     def version(self) -> int | None:
@@ -64,16 +66,19 @@ class Servable:
         """Load and warm up; raises on failure (the manager decides whether to retry)."""
         started = time.monotonic()
         self.state = ServableState.LOADING
+        curve = None
         try:
             info = self.backend.load()
             self.info = info
             if self.settings.warmup:
-                self._warm_up(info)
+                curve = self._warm_up(info)
         except Exception as err:
             self.error = f"{type(err).__name__}: {err}"
             self.state = ServableState.END
             metrics.MODEL_LOADS.labels(self.name, str(self.version_hint or "unknown"), "failed").inc()
             raise
+        threads, self.batch_threads_reason = choose_batch_threads(
+            self.settings.batch_threads, self.backend.devices, curve, available_cores())
         self.batcher = MicroBatcher(
             self._predict_named,
             policy=self.settings.batching,
@@ -85,7 +90,7 @@ class Servable:
             on_batch=self._observe_batch,
             on_queue_depth=metrics.QUEUE_DEPTH.labels(self.name).set,
             name=f"{self.name}-{info.version}",
-            num_threads=self.settings.batch_threads,
+            num_threads=threads,
             on_thread_restart=metrics.BATCHER_RESTARTS.labels(self.name).inc,
         )
         self.error = None
@@ -101,8 +106,9 @@ class Servable:
         )
         return info
 
-    def _warm_up(self, info: ModelInfo) -> None:
-        """Run every batch shape once (TF's first call per shape is ~10x slower).
+    def _warm_up(self, info: ModelInfo) -> CostCurve:
+        """Run every batch shape once (TF's first call per shape is ~10x slower), then time batch
+        1 and the largest batch (best of two) for the cost curve that sizes concurrency.
 
         Inputs come from TF Serving's `assets.extra/tf_serving_warmup_requests` when the version
         ships one, synthetic noise otherwise.
@@ -121,6 +127,16 @@ class Servable:
             rows = output_rows(self._predict_named(batch))
             if rows != size:
                 raise RuntimeError(f"warm-up batch of {size} returned {rows} rows")
+        timings = {}
+        for size in (1, sizes[-1]):
+            batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
+            best = float("inf")
+            for _ in range(2):
+                started = time.perf_counter()
+                self._predict_named(batch)
+                best = min(best, time.perf_counter() - started)
+            timings[size] = best
+        return CostCurve(sizes[-1], timings[1], timings[sizes[-1]])
 
     def _recorded_warmup_inputs(self, info: ModelInfo) -> NDArray[np.float32] | None:
         record_file = info.path / WARMUP_FILE if info.path is not None else None
@@ -201,7 +217,8 @@ class Servable:
             "state": self.state.value,
             "error": redact_paths(self.error) if self.error else None,
             "warmup": self.warmup_source,
-            "batching": self.batcher.describe() if self.batcher is not None else None,
+            "batching": ({**self.batcher.describe(), "batch_threads_chosen_by": self.batch_threads_reason}
+                         if self.batcher is not None else None),
         }
 
     def _observe_batch(self, report: BatchReport) -> None:
