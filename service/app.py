@@ -10,6 +10,7 @@ from service.api.body import install_body_reader
 from service.api.common import EXTENSION, PIPELINE_EXTENSION
 from service.api.errors import register_error_handlers
 from service.api.hooks import install_request_hooks
+from service.api.json_provider import OrjsonProvider
 from service.api.metrics import metrics_view
 from service.api.openapi import TEXT, docs_view, document, openapi_view
 from service.backends import Backend
@@ -28,9 +29,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     settings = settings or Settings()
     configure_logging(settings.log_level)
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     # Flask refuses larger bodies with 413 before reading them.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     manager = ModelManager(settings, backend)
     app.extensions[EXTENSION] = manager
     app.extensions[PIPELINE_EXTENSION] = Pipeline(settings, manager)
