@@ -186,3 +186,34 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(err: Exception) -> Response:
         _log.exception("unhandled error")
         return error_response(500, ServiceError.code, "internal server error")
+
+
+# --- decoder hardening (service/codecs) --------------------------------------------------------
+
+
+class TooManyPages(ServiceError):
+    """A TIFF whose IFD chain is longer than `max_tiff_pages`: refused before any page is read."""
+
+    status_code = 413
+    code = "too_many_pages"
+
+
+class UnsupportedCompression(ServiceError):
+    """A TIFF compression outside the allow-list (none, LZW, deflate, PackBits, zstd, JPEG)."""
+
+    status_code = 415
+    code = "unsupported_compression"
+
+
+class DecodeBudgetExhausted(ServiceError):
+    """The worker's decoded-pixel budget stayed full past the request's wait: retry shortly."""
+
+    status_code = 503
+    code = "decode_budget_exhausted"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}

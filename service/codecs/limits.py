@@ -1,0 +1,54 @@
+"""Bounds every decoder checks from the header, before it allocates pixels (decode_image's first hop).
+
+Peak memory of one decode is bounded by `max_decoded_bytes` (default 128 MiB), whatever
+`max_pixels` allows: PNG/JPEG cost about 2x the decoded size (Pillow's buffer plus the NumPy
+copy, 3x when a palette or CMYK image is converted), TIFF about 1x plus one tile or strip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.errors import ImageTooLarge, InvalidImageShape
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds a decoded image must respect; set from Settings."""
+
+    max_pixels: int = 64_000_000
+    """Values (height x width x samples) of the decoded image."""
+
+    min_side_px: int = 8
+    max_decoded_bytes: int = 128 * MIB
+    """Header-predicted peak bytes of one decode (pixels plus decoder buffers)."""
+
+    max_tiff_pages: int = 10_000
+    """Longest IFD chain walked; longer chains get 413 too_many_pages."""
+
+    segment_slack_bytes: int = 4 * MIB
+    """Decoded tile/strip bytes always allowed, so small images may use ordinary 256-1024 px tiles."""
+
+
+def check_dimensions(height: int, width: int, samples: int, limits: ImageLimits) -> None:
+    """Refuse empty, tiny or over-limit images from their declared size alone."""
+    if height <= 0 or width <= 0:
+        raise InvalidImageShape(f"image has an empty dimension ({height}x{width})")
+    if height * width * max(samples, 1) > limits.max_pixels:
+        raise ImageTooLarge(
+            f"image of {width}x{height}x{samples} exceeds the limit of {limits.max_pixels} values"
+        )
+    if min(height, width) < limits.min_side_px:
+        raise InvalidImageShape(
+            f"image of {width}x{height} is smaller than {limits.min_side_px} px on a side"
+        )
+
+
+def check_decoded_bytes(nbytes: int, limits: ImageLimits) -> None:
+    """Refuse a decode whose predicted peak exceeds max_decoded_bytes (413 image_too_large)."""
+    if nbytes > limits.max_decoded_bytes:
+        raise ImageTooLarge(
+            f"decoding would need about {nbytes} bytes, over the limit of {limits.max_decoded_bytes}"
+        )
