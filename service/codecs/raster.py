@@ -22,7 +22,8 @@ from service.errors import ImageTooLarge, InvalidImageShape, ServiceError, Undec
 
 Reserve = Callable[[int], AbstractContextManager[object]]
 
-_FORMATS = {"png": ("PNG",), "jpeg": ("JPEG", "MPO")}
+# MPO files open through the JPEG plugin's factory; "MPO" itself is not an open() format.
+_FORMATS = {"png": ("PNG",), "jpeg": ("JPEG",)}
 # Bytes per pixel of Pillow's own buffer (its ImagingMemory rows): 1-byte modes, 16-bit modes,
 # and 4 bytes for everything else (RGB is stored as RGBX, "I" and "F" as 32-bit).
 _ONE_BYTE_MODES = frozenset({"1", "L", "P"})
