@@ -127,6 +127,20 @@ class Settings(BaseSettings):
             raise ValueError("max_queue_size must hold a full batch and a full request")
         return self
 
+    # --- decoder hardening (service/codecs; appended, wired by the request path) ----------------
+    max_decoded_image_bytes: int = Field(128 * 1024 * 1024, gt=0)
+    """Header-predicted peak bytes of decoding one image (ImageLimits.max_decoded_bytes): about
+    2x the decoded pixels for PNG/JPEG, 1x plus one tile or strip for TIFF."""
+
+    max_tiff_pages: int = Field(10_000, gt=0)
+    """Longest TIFF page (IFD) chain walked; longer chains get 413 too_many_pages."""
+
+    decode_budget_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    """Decoded-pixel bytes in flight across one worker's threads (DecodeBudget)."""
+
+    decode_budget_timeout_s: float = Field(2.0, ge=0)
+    """How long a decode waits for budget before 503 decode_budget_exhausted (Retry-After)."""
+
 
 class ServerSettings(BaseSettings):
     """Gunicorn's process model, read by `service/gunicorn_conf.py` (same `SERVING_` prefix)."""
