@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PORT ?= 8000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-dev run test train bench lint clean
+.PHONY: setup setup-dev run test train bench lint clean fuzz
 
 $(VENV)/.runtime: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ train: setup-dev  ## regenerate synthetic data, train and export model_repositor
 
 bench: setup-dev  ## side-by-side throughput/latency table (see README, Performance)
 	$(PY) -m bench.run
+
+# Coverage-guided fuzzing of decode_image (fuzz/decoders.py): FUZZ_RUNS executions or FUZZ_TIME_S
+# seconds, whichever comes first; each input is killed after 5 s or 2 GiB RSS (hang/OOM). Crashes land in $(FUZZ_DIR)/crash-*: copy them to
+# tests/hostile/fuzz-<what>.bin, where the suite decodes them and expects a fast 4xx.
+FUZZ_RUNS ?= 200000
+FUZZ_DIR ?= /tmp/cpe-fuzz
+FUZZ_TIME_S ?= 600
+fuzz: setup-dev  ## fuzz the image decoders (atheris), seeds generated into $(FUZZ_DIR)/corpus
+	mkdir -p $(FUZZ_DIR)/corpus
+	$(PY) -m fuzz.decoders $(FUZZ_DIR)/corpus -atheris_runs=$(FUZZ_RUNS) -timeout=5 \
+		-rss_limit_mb=2048 -max_len=65536 -max_total_time=$(FUZZ_TIME_S) \
+		-artifact_prefix=$(FUZZ_DIR)/ -print_final_stats=1
 
 clean:
 	rm -rf $(VENV) .pytest_cache
