@@ -35,8 +35,9 @@ bench: setup-dev  ## side-by-side throughput/latency table (see README, Performa
 	$(PY) -m bench.run
 
 # Coverage-guided fuzzing of decode_image (fuzz/decoders.py): FUZZ_RUNS executions or FUZZ_TIME_S
-# seconds, whichever comes first; each input is killed after 5 s or 2 GiB RSS (hang/OOM). Crashes land in $(FUZZ_DIR)/crash-*: copy them to
-# tests/hostile/fuzz-<what>.bin, where the suite decodes them and expects a fast 4xx.
+# seconds, whichever comes first; each input is killed after 5 s or 2 GiB RSS (hang/OOM).
+# Crashes land in $(FUZZ_DIR)/crash-*: copy them to tests/hostile/fuzz-<what>.bin, where the
+# suite decodes them and expects a fast 4xx.
 FUZZ_RUNS ?= 200000
 FUZZ_DIR ?= /tmp/cpe-fuzz
 FUZZ_TIME_S ?= 600

@@ -41,7 +41,9 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _reserver(budget: DecodeBudget | None, timeout_s: float | None) -> Callable[[int], AbstractContextManager[object]]:
+def _reserver(
+    budget: DecodeBudget | None, timeout_s: float | None
+) -> Callable[[int], AbstractContextManager[object]]:
     """The decoders' hook to hold their predicted bytes while they decode."""
     if budget is None:
         return lambda nbytes: contextlib.nullcontext()

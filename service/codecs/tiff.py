@@ -61,7 +61,9 @@ def walk_ifds(data: bytes, max_pages: int) -> list[int]:
     seen: set[int] = set()
     while 0 < offset < len(data):
         if offset in seen:
-            raise UndecodableImage(f"TIFF IFD chain loops back to offset {offset} after {len(offsets)} page(s)")
+            raise UndecodableImage(
+                f"TIFF IFD chain loops back to offset {offset} after {len(offsets)} page(s)"
+            )
         if offset + count_size > len(data):
             break
         tags = struct.unpack_from(count_format, data, offset)[0]
@@ -181,7 +183,7 @@ def decode_tiff(data: bytes, page_index: int, limits: ImageLimits, reserve: Rese
         raise
     except MemoryError as err:
         raise ImageTooLarge("TIFF needs more memory than this worker allows") from err
-    except Exception as err:  # noqa: BLE001 - tifffile raises many types on corrupt files
+    except Exception as err:  # tifffile raises many types on corrupt files
         raise UndecodableImage(f"cannot decode TIFF: {err}") from err
     if pixels.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
         pixels = np.moveaxis(pixels, 0, -1)
