@@ -319,3 +319,14 @@ def test_extra_strip_offsets_are_not_decoded() -> None:
     page = strip_page(1024, 1024, [8] * 2000, [len(strip)] * 2000, compression=8)
     result = run_bounded(lambda: decode_image(build_tiff([page], strip)))
     assert result["outcome"] == "ok" and result["cpu_s"] < CPU_LIMIT_S, result
+
+
+def test_pillow_bomb_error_above_our_limits_is_still_413() -> None:
+    """Limits set above Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) meet Pillow's error first."""
+    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 1_000
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + header
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    loose = ImageLimits(max_pixels=10**12, max_decoded_bytes=10**13)
+    with pytest.raises(ImageTooLarge):
+        decode_image(data + b"\x00\x00\x00\x00IEND\xaeB`\x82", limits=loose)
