@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-from service.codecs.limits import ImageLimits, check_decoded_bytes, check_dimensions
+from service.codecs.limits import ImageLimits, check_decoded_bytes, check_dimensions, check_jpeg_scans
 from service.errors import ImageTooLarge, InvalidImageShape, ServiceError, UndecodableImage
 
 Reserve = Callable[[int], AbstractContextManager[object]]
@@ -61,6 +61,8 @@ def decode_raster(data: bytes, kind: str, limits: ImageLimits, reserve: Reserve)
             check_dimensions(height, width, len(image.getbands()), limits)
             predicted = predicted_bytes(width, height, mode)
             check_decoded_bytes(predicted, limits)
+            if kind == "jpeg":
+                check_jpeg_scans(data, 1, limits)
             with reserve(predicted):
                 image.load()
                 if image.size != (width, height) or image.mode != mode:

@@ -18,7 +18,7 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
-from service.codecs.limits import ImageLimits, check_decoded_bytes, check_dimensions
+from service.codecs.limits import ImageLimits, check_decoded_bytes, check_dimensions, check_jpeg_scans
 from service.errors import (
     ImageTooLarge,
     InvalidImageShape,
@@ -141,6 +141,7 @@ def _check_segments(page: tifffile.TiffPage, data: bytes, output_bytes: int, lim
             f"({segments * segment_bytes} bytes decoded) for a {output_bytes}-byte image"
         )
     if page.compression == _JPEG:
+        check_jpeg_scans(data, segments, limits)
         view = memoryview(data)
         for offset, count in zip(page.dataoffsets, page.databytecounts):
             frame = _jpeg_frame(view[offset:offset + count])

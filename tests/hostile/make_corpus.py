@@ -139,6 +139,16 @@ def jpeg_tile_bomb() -> bytes:
     return build_tiff([tile_page(16, 16, 16, [8], [len(jpeg)], compression=7)], bytes(jpeg))
 
 
+def jpeg_scan_bomb() -> bytes:
+    """A blank 2000x2000 progressive JPEG followed by 8,000 empty 10-byte scans (CPU, not memory)."""
+    buffer = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buffer, format="JPEG", progressive=True)
+    jpeg = buffer.getvalue()
+    sos = jpeg.rindex(b"\xff\xda")
+    header = jpeg[sos:sos + 2 + struct.unpack(">H", jpeg[sos + 2:sos + 4])[0]]
+    return jpeg[:-2] + header * 8000 + b"\xff\xd9"
+
+
 def huge_dims_tiff() -> bytes:
     """100000x100000 declared in 300 bytes."""
     return build_tiff([strip_page(100_000, 100_000, [8], [256])], bytes(256))
@@ -220,6 +230,7 @@ CASES: tuple[Case, ...] = (
     Case("truncated.png", truncated(gray_png, 0.5), "undecodable_image"),
     Case("huge_dims.jpg", jpeg_huge_header, "image_too_large"),
     Case("truncated.jpg", truncated(gray_jpeg, 0.5), "undecodable_image"),
+    Case("jpeg_scan_bomb.jpg", jpeg_scan_bomb, "image_too_large"),
     Case("empty.bin", lambda: b"", "undecodable_image"),
     Case("not_an_image.bin", lambda: b"GIF89a" + bytes(64), "undecodable_image"),
 )
