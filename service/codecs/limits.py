@@ -1,8 +1,11 @@
 """Bounds every decoder checks from the header, before it allocates pixels (decode_image's first hop).
 
-Peak memory of one decode is bounded by `max_decoded_bytes` (default 128 MiB), whatever
-`max_pixels` allows: PNG/JPEG cost about 2x the decoded size (Pillow's buffer plus the NumPy
-copy, 3x when a palette or CMYK image is converted), TIFF about 1x plus one tile or strip.
+Peak memory of one decode is the encoded bytes plus at most `max_decoded_bytes` (default
+128 MiB), whatever `max_pixels` allows. The prediction checked against it: PNG/JPEG, 2 x
+width x height x Pillow's bytes per pixel (1 for L/P/1, 2 for 16-bit gray, 4 otherwise; 3
+buffers when palette or CMYK is converted); TIFF, the decoded page plus 2 x one tile or strip.
+With max_pixels = 64 M values that is up to 128 MB for 8-bit gray, 256 MB for 16-bit gray and
+171 MB for RGB, so the 128 MiB default binds before max_pixels for all but 8-bit gray.
 """
 
 from __future__ import annotations

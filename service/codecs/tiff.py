@@ -177,6 +177,8 @@ def decode_tiff(data: bytes, page_index: int, limits: ImageLimits, reserve: Rese
             # One segment at a time (maxworkers=1): the compressed and decoded copies of a
             # segment live next to the output array.
             predicted = output_bytes + 2 * segment_bytes
+            if page.bitspersample == 1:
+                predicted += 2 * output_bytes  # bool pixels become uint8 * 255 below
             check_decoded_bytes(predicted, limits)
             with reserve(predicted):
                 pixels = page.asarray(maxworkers=1)
