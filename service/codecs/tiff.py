@@ -127,8 +127,10 @@ def _check_segments(page: tifffile.TiffPage, data: bytes, output_bytes: int, lim
     """Bound tile/strip geometry before decoding; return one decoded segment's size in bytes.
 
     tifffile decompresses every segment into a buffer of the declared tile or strip size, so a
-    16x16 image may declare one 65536x65536 tile (4 GiB from a 4 MB file); and every listed
-    offset is decoded, so a thousand strips may point at the same small stream.
+    16x16 image may declare one 65536x65536 tile (4 GiB from a 4 MB file), and a JPEG tile's
+    own frame header may declare far more than its tile. (tifffile keeps only as many offsets
+    as the image needs, so many strips sharing one small stream cost no more than the image;
+    the segment count is bounded here all the same.)
     """
     depth, length, width, samples = _segment_shape(page)
     itemsize = page.dtype.itemsize if page.dtype is not None else max(1, math.ceil(page.bitspersample / 8))
@@ -182,14 +184,14 @@ def decode_tiff(data: bytes, page_index: int, limits: ImageLimits, reserve: Rese
             check_decoded_bytes(predicted, limits)
             with reserve(predicted):
                 pixels = page.asarray(maxworkers=1)
+                if pixels.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+                    pixels = np.moveaxis(pixels, 0, -1)
+                if pixels.dtype == bool:
+                    pixels = pixels.astype(np.uint8) * 255
     except ServiceError:
         raise
     except MemoryError as err:
         raise ImageTooLarge("TIFF needs more memory than this worker allows") from err
     except Exception as err:  # tifffile raises many types on corrupt files
         raise UndecodableImage(f"cannot decode TIFF: {err}") from err
-    if pixels.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
-        pixels = np.moveaxis(pixels, 0, -1)
-    if pixels.dtype == bool:
-        pixels = pixels.astype(np.uint8) * 255
     return pixels
