@@ -107,6 +107,8 @@ def _assert_refused(result: dict[str, Any], code: str | None) -> None:
     assert 400 <= result["status"] < 500, result
     if code is not None:
         assert result["code"] == code, result
+    # Refused from the headers, not rescued by RLIMIT_AS turning a huge allocation into MemoryError.
+    assert "more memory than this worker allows" not in result["message"], result
     assert result["cpu_s"] < CPU_LIMIT_S, result
     assert result["peak_rss_growth_bytes"] < PEAK_RSS_BUDGET_BYTES, result
 

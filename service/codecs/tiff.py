@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -36,8 +37,8 @@ Reserve = Callable[[int], AbstractContextManager[object]]
 ALLOWED_COMPRESSIONS = frozenset({1, 5, 7, 8, 32773, 32946, 50000})
 _JPEG = 7
 _MAX_TAGS_PER_IFD = 4096  # tifffile's own limit: an IFD claiming more ends the chain
-# JPEG start-of-frame markers: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG start-of-frame markers: FF C0-CF except DHT (C4), JPG (C8) and DAC (CC).
+_SOF_PATTERN = re.compile(rb"\xff[\xc0-\xc3\xc5-\xc7\xc9-\xcb\xcd-\xcf]")
 
 
 def walk_ifds(data: bytes, max_pages: int) -> list[int]:
@@ -101,26 +102,21 @@ def _segment_shape(page: tifffile.TiffPage) -> tuple[int, int, int, int]:
     return 1, int(page.rowsperstrip), int(page.imagewidth), samples
 
 
-def _jpeg_frame(segment: memoryview) -> tuple[int, int, int] | None:
-    """(height, width, components) from a JPEG segment's start-of-frame marker, or None."""
-    at = 2 if bytes(segment[:2]) == b"\xff\xd8" else 0
-    while at + 4 <= len(segment):
-        if segment[at] != 0xFF:
-            return None
-        marker = segment[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            at += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image or start of scan: no frame header seen
-            return None
-        if marker in _SOF_MARKERS and at + 10 <= len(segment):
+def _jpeg_frames(segment: bytes | memoryview) -> list[tuple[int, int, int]]:
+    """(height, width, components) of every start-of-frame marker anywhere in the bytes.
+
+    libjpeg skips stray bytes between markers, so a parser that stops at the first oddity
+    misses the frame libjpeg will use (found by the fuzzer: a 16x16 tile decoded as 30000x30000).
+    Entropy-coded data never holds FF followed by a SOF byte, so every match here is a marker
+    (or metadata, which only makes the check stricter).
+    """
+    frames = []
+    for match in _SOF_PATTERN.finditer(segment):
+        at = match.start()
+        if at + 10 <= len(segment):
             height, width = struct.unpack_from(">HH", segment, at + 5)
-            return height, width, segment[at + 9]
-        at += 2 + int.from_bytes(segment[at + 2:at + 4], "big")
-    return None
+            frames.append((height, width, segment[at + 9]))
+    return frames
 
 
 def _check_segments(page: tifffile.TiffPage, data: bytes, output_bytes: int, limits: ImageLimits) -> int:
@@ -145,12 +141,20 @@ def _check_segments(page: tifffile.TiffPage, data: bytes, output_bytes: int, lim
     if page.compression == _JPEG:
         check_jpeg_scans(data, segments, limits)
         view = memoryview(data)
+        tables = _jpeg_frames(page.jpegtables or b"")
         for offset, count in zip(page.dataoffsets, page.databytecounts):
-            frame = _jpeg_frame(view[offset:offset + count])
-            if frame is not None and (frame[0] > length or frame[1] > width or frame[2] > 4):
-                raise ImageTooLarge(
-                    f"JPEG tile declares {frame[1]}x{frame[0]}x{frame[2]} inside a {width}x{length} segment"
-                )
+            segment = view[offset:offset + count]
+            if not segment:
+                continue  # a missing tile: tifffile fills it, nothing is decoded
+            frames = tables + _jpeg_frames(segment)
+            if not frames:
+                raise UndecodableImage(f"JPEG segment at offset {offset} has no frame header")
+            for height, width_px, components in frames:
+                if height > length or width_px > width or components > 4:
+                    raise ImageTooLarge(
+                        f"JPEG segment declares {width_px}x{height}x{components} inside a "
+                        f"{width}x{length} segment"
+                    )
     return segment_bytes
 
 
