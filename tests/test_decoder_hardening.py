@@ -332,3 +332,15 @@ def test_pillow_bomb_error_above_our_limits_is_still_413() -> None:
     loose = ImageLimits(max_pixels=10**12, max_decoded_bytes=10**13)
     with pytest.raises(ImageTooLarge):
         decode_image(data + b"\x00\x00\x00\x00IEND\xaeB`\x82", limits=loose)
+
+
+def test_progressive_jpeg_counts_its_coefficient_buffer() -> None:
+    """A progressive 512x512 gray JPEG costs 2 x 256 KiB of pixels plus 512 KiB of coefficients."""
+    buffer = io.BytesIO()
+    Image.new("L", (512, 512)).save(buffer, format="JPEG", progressive=True)
+    baseline = io.BytesIO()
+    Image.new("L", (512, 512)).save(baseline, format="JPEG")
+    limits = ImageLimits(max_decoded_bytes=2 * 512 * 512 + 1)
+    assert decode_image(baseline.getvalue(), limits=limits).shape == (512, 512)
+    with pytest.raises(ImageTooLarge):
+        decode_image(buffer.getvalue(), limits=limits)

@@ -60,6 +60,9 @@ def decode_raster(data: bytes, kind: str, limits: ImageLimits, reserve: Reserve)
             mode = image.mode
             check_dimensions(height, width, len(image.getbands()), limits)
             predicted = predicted_bytes(width, height, mode)
+            if image.info.get("progressive"):
+                # libjpeg keeps every DCT coefficient of a progressive JPEG: 2 bytes per sample.
+                predicted += 2 * width * height * len(image.getbands())
             check_decoded_bytes(predicted, limits)
             if kind == "jpeg":
                 check_jpeg_scans(data, 1, limits)
