@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     max_tiff_pages: int = Field(10_000, gt=0)
     """Longest TIFF page (IFD) chain walked; longer chains get 413 too_many_pages."""
 
+    max_jpeg_scans: int = Field(100, gt=0)
+    """Scans per JPEG picture or JPEG-in-TIFF tile (each progressive scan is a full pass)."""
+
     decode_budget_bytes: int = Field(512 * 1024 * 1024, gt=0)
     """Decoded-pixel bytes in flight across one worker's threads (DecodeBudget)."""
 
