@@ -8,7 +8,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-dev run test train bench fuzz-api clean
+.PHONY: setup setup-dev run test train bench fuzz fuzz-api fuzz-decoders clean
 
 # The service shares the client's well names (cpe_client.wells, stdlib only): the client package
 # is installed without its own dependencies (httpx, matplotlib) into the runtime.
@@ -42,6 +42,21 @@ bench: setup-dev  ## side-by-side throughput/latency table (see README, Performa
 
 fuzz-api: setup-dev  ## schemathesis: >= 2,000 generated requests against Gunicorn, 0 5xx
 	$(PY) -m fuzz.api --cases 2000
+
+# Coverage-guided fuzzing of decode_image (fuzz/decoders.py): FUZZ_RUNS executions or FUZZ_TIME_S
+# seconds, whichever comes first; each input is killed after 5 s or 2 GiB RSS (hang/OOM).
+# Crashes land in $(FUZZ_DIR)/crash-*: copy them to tests/hostile/fuzz-<what>.bin, where the
+# suite decodes them and expects a fast 4xx.
+FUZZ_RUNS ?= 200000
+FUZZ_DIR ?= /tmp/cpe-fuzz
+FUZZ_TIME_S ?= 600
+fuzz-decoders: setup-dev  ## fuzz the image decoders (atheris), seeds generated into $(FUZZ_DIR)/corpus
+	mkdir -p $(FUZZ_DIR)/corpus
+	$(PY) -m fuzz.decoders $(FUZZ_DIR)/corpus -atheris_runs=$(FUZZ_RUNS) -timeout=5 \
+		-rss_limit_mb=2048 -max_len=65536 -max_total_time=$(FUZZ_TIME_S) \
+		-artifact_prefix=$(FUZZ_DIR)/ -print_final_stats=1
+
+fuzz: fuzz-decoders fuzz-api  ## both campaigns: the decoders (atheris) and the API (schemathesis)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

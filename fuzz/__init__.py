@@ -1,1 +1,4 @@
-"""Long fuzzing campaigns (`make fuzz`); bounded slices of them run in `make test`."""
+"""Long fuzzing campaigns (`make fuzz`): atheris on the image decoders, schemathesis on the API.
+
+Bounded slices of both run in `make test`.
+"""

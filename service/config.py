@@ -54,6 +54,22 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, gt=0)
     """Each image becomes a float32 tensor of the model input (5.6 MB at 1360x1024)."""
 
+    max_decoded_image_bytes: int = Field(128 * 1024 * 1024, gt=0)
+    """Header-predicted peak bytes of decoding one image (ImageLimits.max_decoded_bytes): about
+    2x the decoded pixels for PNG/JPEG, 1x plus one tile or strip for TIFF."""
+
+    max_tiff_pages: int = Field(10_000, gt=0)
+    """Longest TIFF page (IFD) chain walked; longer chains get 413 too_many_pages."""
+
+    max_jpeg_scans: int = Field(100, gt=0)
+    """Scans per JPEG picture or JPEG-in-TIFF tile (each progressive scan is a full pass)."""
+
+    decode_budget_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    """Decoded-pixel bytes in flight across one worker's threads (DecodeBudget)."""
+
+    decode_budget_timeout_s: float = Field(2.0, ge=0)
+    """How long a decode waits for budget before 503 decode_budget_exhausted (Retry-After)."""
+
     max_image_pixels: int = Field(64_000_000, gt=0)
     """Decompression-bomb guard: a decoded image may not hold more pixels than this."""
 

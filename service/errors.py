@@ -135,6 +135,28 @@ class ModelCallFailed(ServiceError):
     code = "model_error"
 
 
+class TooManyPages(ServiceError):
+    """A TIFF whose IFD chain is longer than `max_tiff_pages`: refused before any page is read."""
+
+    status_code = 413
+    code = "too_many_pages"
+
+
+class UnsupportedCompression(ServiceError):
+    """A TIFF compression outside the allow-list (none, LZW, deflate, PackBits, zstd, JPEG)."""
+
+    status_code = 415
+    code = "unsupported_compression"
+
+
+class DecodeBudgetExhausted(ServiceError):
+    """The worker's decoded-pixel budget stayed full past the request's wait: retry shortly."""
+
+    status_code = 503
+    code = "decode_budget_exhausted"
+    retry_after_s = 1
+
+
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+~-]+/)+([\w.@+~-]+)")
 
 

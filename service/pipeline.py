@@ -21,9 +21,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service import metrics
-from service.codecs.images import ImageLimits, decode_image
+from service.codecs.images import DecodeBudget, ImageLimits, decode_image
 from service.config import Settings
 from service.errors import (
+    BackendTimeout,
     InvalidBase64,
     InvalidImageShape,
     ModelCallFailed,
@@ -95,7 +96,14 @@ class Pipeline:
     def __init__(self, settings: Settings, manager: ModelManager) -> None:
         self.settings = settings
         self.manager = manager
-        self.limits = ImageLimits(settings.max_image_pixels, settings.min_image_side_px)
+        self.limits = ImageLimits(
+            max_pixels=settings.max_image_pixels, min_side_px=settings.min_image_side_px,
+            max_decoded_bytes=settings.max_decoded_image_bytes, max_tiff_pages=settings.max_tiff_pages,
+            max_jpeg_scans=settings.max_jpeg_scans,
+        )
+        # Decoded pixels in flight across the worker's threads: 16 threads decoding 64-megapixel
+        # fields at once would otherwise outgrow the pod.
+        self.decode_budget = DecodeBudget(settings.decode_budget_bytes)
 
     def check_image_count(self, count: int) -> None:
         """Refuse a request with more images than the limit (413) before decoding any."""
@@ -122,7 +130,7 @@ class Pipeline:
             try:
                 with servable.reserve(len(images)) as reservation:
                     if shape not in prepared:
-                        prepared[shape] = self._prepare(images, info, depths)
+                        prepared[shape] = self._prepare(images, info, depths, deadline)
                     outputs, batch_ids = servable.run(prepared[shape], reservation, deadline - time.monotonic())
             except (ShuttingDown, ModelNotReady):
                 if attempt == 1 or route.pinned:
@@ -132,7 +140,8 @@ class Pipeline:
             return self._label(outputs, info, batch_ids, depths, qc_mode)
         raise AssertionError("unreachable")
 
-    def _prepare(self, images: Sequence[ImageInput], info: ModelInfo, depths: list[int | None]) -> NDArray[np.float32]:
+    def _prepare(self, images: Sequence[ImageInput], info: ModelInfo, depths: list[int | None],
+                 deadline: float) -> NDArray[np.float32]:
         """Decode and check each image and write it into its slot of one (n, H, W, C) batch;
         note each image's bit depth for the gate."""
         started = time.monotonic()
@@ -140,8 +149,13 @@ class Pipeline:
         measure_depth = info.metadata.qc.bit_depths is not None
         batch = np.empty((len(images), info.height, info.width, info.channels), dtype=np.float32)
         for index, image in enumerate(images):
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:  # checked between images: a slow request stops decoding
+                raise BackendTimeout(f"no answer within {self.settings.request_timeout_s:g} s "
+                                     f"(decoding image {index} of {len(images)})")
             if isinstance(image, EncodedImage):
-                pixels = decode_image(image.data, page=image.page, limits=self.limits)
+                pixels = decode_image(image.data, page=image.page, limits=self.limits, budget=self.decode_budget,
+                                      budget_timeout_s=min(self.settings.decode_budget_timeout_s, remaining_s))
             else:
                 pixels = image
                 _check_pixel_array(pixels, self.limits)
