@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from service.app import create_app
 
-__all__ = ["create_app"]
+__all__ = ["__version__", "create_app"]
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> Any:

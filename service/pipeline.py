@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -67,6 +68,17 @@ class ModelRoute:
 
 
 @dataclass(frozen=True)
+class InputRecord:
+    """What one image was, as received and decoded: the provenance a lab records with its call."""
+
+    sha256: str | None
+    """Of the encoded bytes received (None for pixel arrays sent already decoded)."""
+    shape: tuple[int, ...]
+    dtype: str
+    bit_depth: int | None
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     """A request's answer: one row of outputs and one label per image, in order.
 
@@ -80,6 +92,7 @@ class InferenceResult:
     info: ModelInfo
     batch_ids: list[int]
     qc: list[QcVerdict] | None = None
+    inputs: list[InputRecord] = field(default_factory=list)
 
 
 def decode_b64(text: object, where: str) -> bytes:
@@ -121,7 +134,7 @@ class Pipeline:
         """
         self.check_image_count(len(images))
         prepared: dict[tuple[int, int, int], NDArray[np.float32]] = {}
-        depths: list[int | None] = []
+        records: list[InputRecord] = []
         for attempt in range(2):
             servable = self.manager.get(route.name, route.version, route.label)
             info = servable.info
@@ -130,23 +143,22 @@ class Pipeline:
             try:
                 with servable.reserve(len(images)) as reservation:
                     if shape not in prepared:
-                        prepared[shape] = self._prepare(images, info, depths, deadline)
+                        prepared[shape] = self._prepare(images, info, records, deadline)
                     outputs, batch_ids = servable.run(prepared[shape], reservation, deadline - time.monotonic())
             except (ShuttingDown, ModelNotReady):
                 if attempt == 1 or route.pinned:
                     raise
                 _log.info("model %s version %s went away mid-request; re-routing", info.name, info.version)
                 continue
-            return self._label(outputs, info, batch_ids, depths, qc_mode)
+            return self._label(outputs, info, batch_ids, records, qc_mode)
         raise AssertionError("unreachable")
 
-    def _prepare(self, images: Sequence[ImageInput], info: ModelInfo, depths: list[int | None],
+    def _prepare(self, images: Sequence[ImageInput], info: ModelInfo, records: list[InputRecord],
                  deadline: float) -> NDArray[np.float32]:
         """Decode and check each image and write it into its slot of one (n, H, W, C) batch;
-        note each image's bit depth for the gate."""
+        record what each image was (hash, decoded shape, bit depth) for provenance and the gate."""
         started = time.monotonic()
-        depths.clear()
-        measure_depth = info.metadata.qc.bit_depths is not None
+        records.clear()
         batch = np.empty((len(images), info.height, info.width, info.channels), dtype=np.float32)
         for index, image in enumerate(images):
             remaining_s = deadline - time.monotonic()
@@ -162,12 +174,13 @@ class Pipeline:
             if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
                 raise NonFiniteInput(f"image {index} holds NaN or infinite pixel values")
             prepare_into(pixels, batch[index])
-            depths.append(bit_depth(pixels) if measure_depth else None)
+            digest = hashlib.sha256(image.data).hexdigest() if isinstance(image, EncodedImage) else None
+            records.append(InputRecord(digest, tuple(pixels.shape), str(pixels.dtype), bit_depth(pixels)))
         metrics.DECODE_LATENCY.labels(info.name).observe(time.monotonic() - started)
         return batch
 
     def _label(self, outputs: dict[str, NDArray[np.float32]], info: ModelInfo, batch_ids: list[int],
-               depths: list[int | None], qc_mode: QcMode) -> InferenceResult:
+               records: list[InputRecord], qc_mode: QcMode) -> InferenceResult:
         """Label each row, apply the QC gate, and count labels and confidence per model
         version (the drift signal).
 
@@ -188,7 +201,7 @@ class Pipeline:
         labels: list[str | None] = [names[i] for i in best]
         verdicts = None
         if qc_mode != "off" and gated(info.metadata.qc):
-            verdicts = gate(info.metadata.qc, outputs, depths, info.name, info.version)
+            verdicts = gate(info.metadata.qc, outputs, [r.bit_depth for r in records], info.name, info.version)
             if qc_mode == "reject":
                 labels = [None if v.status == "reject" else label for label, v in zip(labels, verdicts)]
         version = str(info.version)
@@ -198,7 +211,7 @@ class Pipeline:
             metrics.PREDICTIONS.labels(info.name, version, label).inc()
             metrics.CONFIDENCE.labels(info.name, version).observe(float(row[index]))
         metrics.IMAGES.labels(info.name, version).inc(len(labels))
-        return InferenceResult(probabilities, labels, names, info, batch_ids, verdicts)
+        return InferenceResult(probabilities, labels, names, info, batch_ids, verdicts, list(records))
 
 
 def _check_pixel_array(pixels: NDArray[np.generic], limits: ImageLimits) -> None:

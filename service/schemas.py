@@ -71,6 +71,27 @@ class QcResult(BaseModel):
                                            "empty_field, bit_depth")
 
 
+class InputProvenance(BaseModel):
+    """What the image was: the SHA-256 of the bytes received, and its decoded shape and depth."""
+
+    sha256: str | None = None
+    shape: list[int]
+    dtype: str
+    bit_depth: int | None = Field(None, description="8, 12 (in a 16-bit container) or 16; null for floats.")
+
+
+class Provenance(BaseModel):
+    """Which model, build and preprocessing produced the answer, to file with the result."""
+
+    service_version: str
+    model: str
+    model_version: int
+    savedmodel_fingerprint: str | None = Field(None, description="TensorFlow's saved_model_checksum.")
+    preprocessing_version: str | None = None
+    preprocessing_sha256: str | None = None
+    decision_threshold: float | None = Field(None, description="p(positive class) that labels; null: argmax.")
+
+
 class Prediction(SampleInfo):
     """The answer for one image."""
 
@@ -78,6 +99,7 @@ class Prediction(SampleInfo):
 
     label: str | None = Field(description="The call; null when the gate rejected the image under ?qc=reject.")
     qc: QcResult | None = None
+    input: InputProvenance | None = None
     probabilities: dict[str, float]
     model: str
     model_version: int
@@ -89,6 +111,7 @@ class PredictResponse(BaseModel):
     request_id: str
     model: str
     model_version: int
+    provenance: Provenance | None = None
     predictions: list[Prediction]
 
 
@@ -254,4 +277,5 @@ class V2InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="The answer's provenance.")
     outputs: list[V2ResponseOutput]

@@ -30,9 +30,9 @@ def test_multipart_metadata_part_is_echoed_in_order(client: FlaskClient) -> None
                            content_type="multipart/form-data")
     assert response.status_code == 200, response.json
     first, second = response.json["predictions"]
-    assert first | {"probabilities": None, "label": None} == {
+    assert first | {"probabilities": None, "label": None, "input": None} == {
         "id": "f0.tif", "plate": "P1", "well": "B07", "site": 1, "channel": "w1", "time_point": 2,
-        "probabilities": None, "label": None, "model": "fake", "model_version": 1}
+        "probabilities": None, "label": None, "input": None, "model": "fake", "model_version": 1}
     assert second["id"] == "mine" and second["well"] == "B07" and "channel" not in second
 
 

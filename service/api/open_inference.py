@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from service import __version__
 from service.api.binary_tensors import (
     HEADER_LENGTH,
     encode_bytes,
@@ -23,6 +24,7 @@ from service.api.binary_tensors import (
 from service.api.common import begin_inference, check_image_count, get_manager, run_inference
 from service.api.errors import answers_plain_errors
 from service.api.openapi import document
+from service.api.predict import provenance
 from service.errors import InvalidInput, ModelNotFound
 from service.pipeline import InferenceResult, ModelRoute
 from service.schemas import (
@@ -40,7 +42,7 @@ from service.schemas import (
 bp = answers_plain_errors(Blueprint("v2", __name__, url_prefix="/v2"))
 
 SERVER_NAME = "cpe-serving"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = __version__
 LABEL_OUTPUT = "label"
 
 
@@ -158,6 +160,8 @@ def _respond(
         outputs.append(entry)
     body: dict[str, Any] = {
         "model_name": result.info.name, "model_version": str(result.info.version), "outputs": outputs,
+        # The protocol's free-form parameters carry the answer's provenance.
+        "parameters": provenance(result).model_dump(exclude_none=True),
     }
     if parsed.id is not None:
         body["id"] = parsed.id

@@ -16,6 +16,7 @@ from flask import Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service import __version__
 from service.api.common import get_manager
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,7 +123,7 @@ def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict
         "openapi": "3.1.0",
         "info": {
             "title": "CPE serving",
-            "version": "0.1.0",
+            "version": __version__,
             "description": "Serves TensorFlow SavedModel image classifiers (influenza CPE microscopy): "
                            "its own /predict API, TF Serving REST v1 and the Open Inference Protocol v2.",
         },

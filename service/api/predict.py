@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from service import __version__
 from service.api.common import begin_inference, run_inference
 from service.api.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
 from service.api.uploads import Upload, uploads_from_request
@@ -15,27 +15,43 @@ from service.pipeline import InferenceResult, ModelRoute
 from service.quality import QcVerdict
 from service.schemas import (
     ErrorResponse,
+    InputProvenance,
     Prediction,
     PredictParams,
     PredictRequest,
     PredictResponse,
+    Provenance,
     QcResult,
 )
 
 bp = Blueprint("predict", __name__)
+
+
+def provenance(result: InferenceResult) -> Provenance:
+    """The answer's provenance block (also the v2 response's parameters)."""
+    info = result.info
+    return Provenance(
+        service_version=__version__, model=info.name, model_version=info.version,
+        savedmodel_fingerprint=info.fingerprint, preprocessing_version=info.metadata.preprocessing.version,
+        preprocessing_sha256=info.metadata.preprocessing.sha256, decision_threshold=info.metadata.decision_threshold,
+    )
+
 
 def _predictions(result: InferenceResult, uploads: list[Upload]) -> list[Prediction]:
     verdicts: list[QcVerdict | None] = list(result.qc) if result.qc is not None else [None] * len(uploads)
     return [
         Prediction(
             **upload.sample.model_dump(),
+            input=InputProvenance(sha256=record.sha256, shape=list(record.shape), dtype=record.dtype,
+                                  bit_depth=record.bit_depth),
             label=label,
             qc=QcResult(status=verdict.status, reasons=verdict.reasons) if verdict is not None else None,  # type: ignore[arg-type]
             probabilities={name: float(p) for name, p in zip(result.class_names, row)},
             model=result.info.name,
             model_version=result.info.version,
         )
-        for row, upload, label, verdict in zip(result.probabilities, uploads, result.labels, verdicts)
+        for row, upload, label, verdict, record in zip(
+            result.probabilities, uploads, result.labels, verdicts, result.inputs)
     ]
 
 
@@ -62,6 +78,7 @@ def predict() -> Response:
         request_id=g.request_id,
         model=result.info.name,
         model_version=result.info.version,
+        provenance=provenance(result),
         predictions=_predictions(result, uploads),
     )
     body = response.model_dump(exclude_none=True)
@@ -75,7 +92,7 @@ def predict() -> Response:
 CSV_COLUMNS = (
     "Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Channel", "Metadata_TimePoint",
     "FileName_Phase", "p_infected", "label", "qc_status", "model_name", "model_version",
-    "preprocessing_hash", "input_sha256", "request_id",
+    "preprocessing_hash", "input_sha256", "request_id", "savedmodel_fingerprint", "service_version",
 )
 
 
@@ -87,13 +104,14 @@ def _csv_response(result: InferenceResult, uploads: list[Upload]) -> Response:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     verdicts: list[QcVerdict | None] = list(result.qc) if result.qc is not None else [None] * len(uploads)
-    for upload, row, label, verdict in zip(uploads, result.probabilities, result.labels, verdicts):
+    for upload, row, label, verdict, record in zip(uploads, result.probabilities, result.labels, verdicts,
+                                                   result.inputs):
         sample = upload.sample
         writer.writerow([
             sample.plate or "", sample.well or "", "" if sample.site is None else sample.site,
             sample.channel or "", "" if sample.time_point is None else sample.time_point, sample.id,
             f"{float(row[column]):.6g}", label or "", verdict.status if verdict else "", info.name, info.version,
-            info.metadata.preprocessing.sha256 or "", hashlib.sha256(upload.image.data).hexdigest(),
-            g.request_id,
+            info.metadata.preprocessing.sha256 or "", record.sha256, g.request_id, info.fingerprint or "",
+            __version__,
         ])
     return Response(buffer.getvalue(), mimetype="text/csv")

@@ -35,6 +35,8 @@ class ModelInfo:
     """The version's directory, when it is on this machine."""
     extra_outputs: tuple[str, ...] = ()
     """Signature outputs read besides the probabilities: the QC gate's measures."""
+    fingerprint: str | None = None
+    """The SavedModel's own fingerprint (fingerprint.pb's saved_model_checksum), when on disk."""
 
     def class_names(self, width: int) -> tuple[str, ...]:
         """The model's class names, or class_0.. when its metadata names none (or too few)."""
@@ -93,7 +95,21 @@ def build_model_info(
         metadata=metadata,
         path=version.path if version.path.is_dir() else None,
         extra_outputs=tuple(sorted({check.output for check in metadata.qc.checks if check.output != output_key})),
+        fingerprint=read_fingerprint(version.path),
     )
+
+
+def read_fingerprint(version_dir: Path) -> str | None:
+    """TensorFlow's checksum of the SavedModel (written at export since TF 2.12), as a string."""
+    path = Path(version_dir) / "fingerprint.pb"
+    if not path.is_file():
+        return None
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    try:
+        return str(fingerprint_pb2.FingerprintDef.FromString(path.read_bytes()).saved_model_checksum)
+    except Exception:  # noqa: BLE001 - a damaged fingerprint is not worth refusing the model
+        return None
 
 
 def _only(keys: Mapping[str, object] | Sequence[str], what: str) -> str:
