@@ -18,8 +18,9 @@ COPY requirements.txt requirements.lock requirements-nodeps.lock deploy/docker/r
 # TensorFlow's two core libraries ship their static symbol tables (~200 MB; the dynamic symbols
 # that loading and custom ops need stay); pip goes too, so nothing installs at run time.
 # Only TensorFlow's own libraries are stripped: strip can corrupt auditwheel/patchelf'ed ones.
+WORKDIR /src
 RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
-    cd /src && sh requirements.sh "${TF_VARIANT}" > /src/requirements-variant.txt \
+    sh requirements.sh "${TF_VARIANT}" > /src/requirements-variant.txt \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse \
       -r /src/requirements-variant.txt \
@@ -32,6 +33,8 @@ RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
 
 FROM ${BASE_IMAGE} AS runtime
 ARG TF_VARIANT=cpu
+# The commit the image was built from, for serving_build_info (make image passes it).
+ARG GIT_SHA=unknown
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
@@ -57,7 +60,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=2 \
     PORT=8000 \
     SERVING_MODEL_REPOSITORY=/models \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/serving-metrics
+    PROMETHEUS_MULTIPROC_DIR=/tmp/serving-metrics \
+    SERVING_GIT_SHA=${GIT_SHA}
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000

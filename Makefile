@@ -109,7 +109,8 @@ wheelhouse: wheelhouse/.$(TF_VARIANT)  ## wheels for the image (TF_VARIANT=cpu|g
 IMAGE_FORMAT := $(if $(filter podman,$(notdir $(CONTAINER_ENGINE))),--format docker)
 
 image: wheelhouse  ## build $(IMAGE) from the wheelhouse, offline
-	$(CONTAINER_ENGINE) build $(IMAGE_FORMAT) --build-arg TF_VARIANT=$(TF_VARIANT) -t $(IMAGE) .
+	$(CONTAINER_ENGINE) build $(IMAGE_FORMAT) --build-arg TF_VARIANT=$(TF_VARIANT) \
+		--build-arg GIT_SHA=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown) -t $(IMAGE) .
 
 # Kubernetes manifest linters (tests/test_k8s.py) live in a venv of their own inside $(VENV):
 # checkov's pins (packaging, termcolor) would downgrade the runtime's.

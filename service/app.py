@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from service import metrics
 from service.api import health, open_inference, predict, tfserving
 from service.api.auth import install_authentication
 from service.api.body import install_body_reader
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     choose the embedded repository or TF Serving over gRPC.
     """
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_levels)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     # Flask refuses larger bodies with 413 before reading them.
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_url_rule("/openapi.json", "openapi", openapi_view)
     app.add_url_rule("/docs", "docs", docs_view)
     install_request_hooks(app, settings.model_name)
+    metrics.publish_build_info(settings.backend if backend is None else backend.name)
     # In this order: an unauthenticated client is refused before its body is read.
     install_authentication(app, settings)
     install_body_reader(app, settings.max_body_bytes)

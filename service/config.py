@@ -140,6 +140,9 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    log_levels: str = ""
+    """Per-logger levels, e.g. "service.access=WARNING,service.batching=DEBUG"."""
+
     @model_validator(mode="after")
     def _one_version_selector(self) -> Settings:
         if self.model_version is not None and self.model_version_label is not None:

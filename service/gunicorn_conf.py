@@ -27,6 +27,7 @@ if not os.access(_metrics_dir, os.W_OK):
     raise SystemExit(f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir} is not writable by uid {os.getuid()}")
 
 from service.config import ServerSettings  # after the metrics directory, see above
+from service.logs import gunicorn_logconfig
 
 _server = ServerSettings()
 
@@ -44,6 +45,8 @@ keepalive = 5
 preload_app = False
 accesslog = None  # the app writes its own JSON access log with request ids
 errorlog = "-"
+# Every line the process writes is one JSON object: Gunicorn's own loggers too.
+logconfig_dict = gunicorn_logconfig(os.environ.get("SERVING_LOG_LEVEL", "INFO"))
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -31,8 +31,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send the `service` loggers to stderr as JSON lines (idempotent)."""
+def configure_logging(level: str = "INFO", levels: str = "") -> None:
+    """Send the `service` loggers to stderr as JSON lines (idempotent); `levels` sets single
+    loggers, e.g. "service.access=WARNING,service.batching=DEBUG"."""
     logger = logging.getLogger("service")
     logger.setLevel(level.upper())
     if not any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
@@ -40,3 +41,21 @@ def configure_logging(level: str = "INFO") -> None:
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
     logger.propagate = False
+    for item in filter(None, (part.strip() for part in levels.split(","))):
+        name, _, value = item.partition("=")
+        logging.getLogger(name.strip()).setLevel(value.strip().upper() or level.upper())
+
+
+def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
+    """Gunicorn's own loggers (master, worker lifecycle, errors) as the same JSON lines."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": level.upper(), "handlers": ["stderr"], "propagate": False},
+        },
+        "root": {"level": "WARNING", "handlers": ["stderr"]},
+    }

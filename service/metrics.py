@@ -7,6 +7,12 @@ low-cardinality: model, version, route, status class, reason.
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -99,3 +105,39 @@ PREPROCESSING_SKEW = Gauge(
     "1 when a loaded version was trained with another preprocessing version than the service runs.",
     ["model", "version"], multiprocess_mode="livemax",
 )
+BUILD_INFO = Gauge(
+    "serving_build_info", "1 per running build: which release a pod runs.",
+    ["version", "git_sha", "tensorflow", "python", "backend"], multiprocess_mode="livemax",
+)
+
+
+def _git_sha() -> str:
+    """SERVING_GIT_SHA (set when the image is built), else the checkout's HEAD, else unknown."""
+    if os.environ.get("SERVING_GIT_SHA"):
+        return os.environ["SERVING_GIT_SHA"][:12]
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        try:
+            done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                                  capture_output=True, text=True, timeout=5, check=False)
+            if done.returncode == 0:
+                return done.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "unknown"
+
+
+def _tensorflow_version() -> str:
+    for distribution in ("tensorflow-cpu", "tensorflow", "tensorflow-serving-api"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
+
+
+def publish_build_info(backend: str) -> None:
+    """Set serving_build_info (one series per running build)."""
+    from service import __version__
+
+    BUILD_INFO.labels(__version__, _git_sha(), _tensorflow_version(), platform.python_version(), backend).set(1)

@@ -83,3 +83,27 @@ def test_load_errors_shown_to_clients_carry_no_server_paths(tmp_path: Path) -> N
     for text in shown:
         assert str(tmp_path) not in text
     app.extensions["serving"].close()
+
+
+def test_operation_ids_are_readable_and_unique() -> None:
+    app = _app()
+    spec = app.test_client().get("/openapi.json").json
+    ids = [operation["operationId"] for path in spec["paths"].values() for operation in path.values()]
+    assert len(ids) == len(set(ids))
+    assert {"predict", "tfserving_predict", "tfserving_predict_by_version", "tfserving_predict_by_label",
+            "v2_infer", "v2_infer_by_version", "healthz", "readyz", "status", "metrics"} <= set(ids)
+    app.extensions["serving"].close()
+
+
+def test_build_info_names_the_running_release() -> None:
+    import platform
+
+    from prometheus_client import REGISTRY
+
+    from service import __version__
+
+    app = _app()
+    samples = [s for metric in REGISTRY.collect() if metric.name == "serving_build_info" for s in metric.samples]
+    assert any(s.labels["version"] == __version__ and s.labels["python"] == platform.python_version()
+               and s.labels["backend"] == "fake" and s.value == 1 for s in samples)
+    app.extensions["serving"].close()

@@ -53,6 +53,7 @@ def run_inference(images: Sequence[ImageInput], route: ModelRoute, qc_mode: QcMo
     g.images = len(images)
     result = get_pipeline().run(images, route, g.deadline, qc_mode)
     g.batch_ids = result.batch_ids
+    g.model_version = result.info.version
     return result
 
 

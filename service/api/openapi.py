@@ -64,6 +64,23 @@ def _path_and_parameters(rule: str, examples: dict[str, list[Any]]) -> tuple[str
     return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule), parameters
 
 
+_OWN_BLUEPRINTS = ("predict", "health")
+
+
+def _operation_id(endpoint: str, rule: str, method: str, used: set[str]) -> str:
+    """Readable ids for generated SDKs: `predict`, `tfserving_predict_by_version`, `v2_infer`."""
+    blueprint, _, function = endpoint.rpartition(".")
+    name = function if blueprint in ("", *_OWN_BLUEPRINTS) else f"{blueprint}_{function}"
+    if "<int:version>" in rule:
+        name += "_by_version"
+    elif "<label>" in rule:
+        name += "_by_label"
+    if name in used:
+        name += f"_{method.lower()}"
+    used.add(name)
+    return name
+
+
 def _schema_of(item: type[BaseModel] | dict[str, Any], refs: dict[Any, Any], mode: str) -> dict[str, Any]:
     if isinstance(item, dict):
         return item
@@ -88,6 +105,7 @@ def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict
         models.update((m, "serialization") for m in operation.responses.values() if isinstance(m, type))
     refs, definitions = models_json_schema(sorted(models, key=lambda pair: (pair[0].__name__, pair[1])), ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
+    used_ids: set[str] = set()
     for rule, operation in sorted(operations, key=lambda pair: pair[0].rule):
         path, parameters = _path_and_parameters(rule.rule, examples or {})
         if operation.query is not None:
@@ -99,7 +117,7 @@ def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             entry: dict[str, Any] = {
                 "summary": operation.summary,
-                "operationId": f"{rule.endpoint}_{method.lower()}_{len(paths.get(path, {}))}".replace(".", "_"),
+                "operationId": _operation_id(rule.endpoint, rule.rule, method, used_ids),
                 "tags": [operation.tag],
                 "parameters": parameters,
                 "responses": {},
