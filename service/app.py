@@ -12,7 +12,7 @@ from service.api.common import EXTENSION, PIPELINE_EXTENSION
 from service.api.errors import register_error_handlers
 from service.api.hooks import install_request_hooks
 from service.api.json_provider import OrjsonProvider
-from service.api.metrics import metrics_view
+from service.api.metrics import install_metrics_port, metrics_view
 from service.api.openapi import TEXT, docs_view, document, openapi_view
 from service.backends import Backend
 from service.config import Settings
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_url_rule("/docs", "docs", docs_view)
     install_request_hooks(app, settings.model_name)
     metrics.publish_build_info(settings.backend if backend is None else backend.name)
+    install_metrics_port(app, settings.metrics_port)
     # In this order: an unauthenticated client is refused before its body is read.
     install_authentication(app, settings)
     install_body_reader(app, settings.max_body_bytes)

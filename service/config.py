@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     public_paths: str = "/healthz,/readyz,/metrics"
     """Comma-separated paths that answer without a key (probes and the Prometheus scrape)."""
 
+    metrics_port: int | None = Field(None, gt=0, lt=65536)
+    """Serve /metrics only on this second port (and nothing else there); unset: on the main port."""
+
     # --- input limits -------------------------------------------------------------------------
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
     """Requests with a larger body get 413 before they are read."""
@@ -173,6 +176,9 @@ class ServerSettings(BaseSettings):
 
     graceful_timeout_s: int = Field(30, gt=0)
     """Time a worker gets on SIGTERM to finish queued and running batches."""
+
+    metrics_port: int | None = Field(None, gt=0, lt=65536)
+    """A second listening port for /metrics alone (see Settings.metrics_port)."""
 
     request_read_timeout_s: float = Field(30.0, gt=0)
     """Total time a request may take to send its headers and body; then 408 and the thread is freed."""

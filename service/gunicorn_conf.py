@@ -33,7 +33,9 @@ _server = ServerSettings()
 
 # Slow or stalled clients get 408 instead of holding a thread (gthread has no read timeout).
 os.environ["SERVING_REQUEST_READ_TIMEOUT_S"] = str(_server.request_read_timeout_s)
-bind = f"{_server.host}:{_server.port}"
+bind = [f"{_server.host}:{_server.port}"]
+if _server.metrics_port is not None:
+    bind.append(f"{_server.host}:{_server.metrics_port}")
 worker_class = "service.gunicorn_worker.DeadlineThreadWorker"
 workers = _server.workers
 threads = _server.threads

@@ -151,3 +151,18 @@ def test_api_keys_end_to_end_and_refused_before_the_body_is_read(tmp_path: Path)
         answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 2
         sock.close()
+
+
+def test_metrics_on_their_own_port(tmp_path: Path) -> None:
+    from tests.integration.servers import free_port
+
+    export_tiny_model(tmp_path / "repo", "tiny", 1)
+    metrics_port = free_port()
+    with GunicornServer(tmp_path, model_repository=tmp_path / "repo", model_name="tiny", metrics_port=metrics_port,
+                        repository_poll_interval_s=0) as split:
+        metrics_url = f"http://127.0.0.1:{metrics_port}"
+        assert requests.get(f"{split.url}/metrics", timeout=10).status_code == 404
+        assert requests.get(f"{metrics_url}/predict", timeout=10).status_code == 404
+        exposition = requests.get(f"{metrics_url}/metrics", timeout=10)
+        assert exposition.status_code == 200 and "serving_ready" in exposition.text
+        assert requests.get(f"{split.url}/healthz", timeout=10).status_code == 200
