@@ -1,4 +1,5 @@
-"""TCID50 by Reed–Muench and Spearman–Kärber, checked against worked examples done by hand.
+"""TCID50 by Reed–Muench and Spearman–Kärber, checked against published worked examples (Lei et
+al. 2021, below) and examples worked by hand.
 
 Methods: Reed LJ, Muench H (1938) Am J Hyg 27:493-497; Spearman C (1908) Br J Psychol
 2:227-242; Kärber G (1931) Arch Exp Pathol Pharmakol 162:480-483 — in the form taught in
@@ -106,3 +107,26 @@ def test_titre_command_on_a_plate(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_titrate_needs_every_mapped_well() -> None:
     with pytest.raises(ValueError, match="no single well call"):
         titrate([{"well": "A1", "dilution": "1e-1"}], {("P", "B01"): "infected"})
+
+
+# Published worked examples: Lei C, Yang J, Hu J, Sun X (2021) "On the calculation of TCID50 for
+# quantitation of virus infectivity", Virologica Sinica 36:141-144, Tables 1 and 2 (their cases
+# come from Burleson et al. 1992, Hierholzer & Killington 1996 and Svensson et al. 1999).
+# (log10 dilution, infected, wells) per row; inoculum per well in ml; published TCID50/ml for
+# Reed-Muench and Spearman-Karber.
+PUBLISHED = [
+    ("case 1", [(5, 5, 5), (6, 3, 5), (7, 1, 5), (8, 0, 5)], 0.1, 2.08e7, 2.00e7),
+    ("case 2", [(1, 8, 8), (2, 7, 8), (3, 5, 8), (4, 3, 8), (5, 1, 8)], 0.1, 3.16e4, 3.16e4),
+    ("case 3", [(3, 6, 6), (4, 6, 6), (5, 6, 6), (6, 5, 6), (7, 3, 6), (8, 1, 6)], 0.05, 2.00e8, 2.00e8),
+]
+
+
+@pytest.mark.parametrize(("case", "rows", "inoculum_ml", "reed_muench_per_ml", "spearman_karber_per_ml"),
+                         PUBLISHED, ids=[case[0] for case in PUBLISHED])
+def test_published_worked_examples(case: str, rows: list[tuple[int, int, int]], inoculum_ml: float,
+                                   reed_muench_per_ml: float, spearman_karber_per_ml: float) -> None:
+    dilutions = [Dilution(x, r, n) for x, r, n in rows]
+    # The paper rounds to three significant figures.
+    assert 10 ** titre_per_ml(reed_muench(dilutions), inoculum_ml) == pytest.approx(reed_muench_per_ml, rel=5e-3)
+    log10_sk, _ = spearman_karber(dilutions)
+    assert 10 ** titre_per_ml(log10_sk, inoculum_ml) == pytest.approx(spearman_karber_per_ml, rel=5e-3)
