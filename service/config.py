@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, gt=0)
     """Each image becomes a float32 tensor of the model input (5.6 MB at 1360x1024)."""
 
+    tiling_factor: float = Field(1.5, ge=1.0)
+    """`?tiling=auto` tiles an image larger than this times the model's input on a side."""
+
+    tile_overlap: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction by which neighbouring tiles overlap."""
+
     max_decoded_image_bytes: int = Field(128 * 1024 * 1024, gt=0)
     """Header-predicted peak bytes of decoding one image (ImageLimits.max_decoded_bytes): about
     2x the decoded pixels for PNG/JPEG, 1x plus one tile or strip for TIFF."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from service import metrics
+from service import metrics, tiling
 from service.codecs.images import DecodeBudget, ImageLimits, decode_image
 from service.config import Settings
 from service.errors import (
@@ -35,8 +35,10 @@ from service.errors import (
     TooManyImages,
 )
 from service.models import ModelInfo, ModelManager
+from service.models.servable import Servable
 from service.preprocessing import prepare_into
 from service.quality import QcMode, QcVerdict, bit_depth, gate, gated
+from service.tiling import TileSummary, TilingMode, run_tiles
 
 _log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class InferenceResult:
     batch_ids: list[int]
     qc: list[QcVerdict] | None = None
     inputs: list[InputRecord] = field(default_factory=list)
+    tiles: list[TileSummary | None] = field(default_factory=list)
+    """Per image: its tile grid and aggregates when it was tiled, None when resized."""
 
 
 def decode_b64(text: object, where: str) -> bytes:
@@ -125,16 +129,18 @@ class Pipeline:
             raise TooManyImages(f"{count} images in one request; the limit is {limit}")
 
     def run(self, images: Sequence[ImageInput], route: ModelRoute, deadline: float,
-            qc_mode: QcMode = "warn") -> InferenceResult:
+            qc_mode: QcMode = "warn", tiling: TilingMode = "auto") -> InferenceResult:
         """Classify `images` with the routed model version, by `deadline` (time.monotonic()).
 
         A request that picked a version just as it was being swapped out is re-routed once to
         the new version instead of failing: it was accepted, so it must not be lost. Its images
         are decoded once and only prepared again if the new version's input shape differs.
+        Images that are tiled (`service.tiling`) then send their tiles, in batch-sized chunks.
         """
         self.check_image_count(len(images))
         prepared: dict[tuple[int, int, int], NDArray[np.float32]] = {}
         records: list[InputRecord] = []
+        large: dict[int, NDArray[np.generic]] = {}
         for attempt in range(2):
             servable = self.manager.get(route.name, route.version, route.label)
             info = servable.info
@@ -143,20 +149,42 @@ class Pipeline:
             try:
                 with servable.reserve(len(images)) as reservation:
                     if shape not in prepared:
-                        prepared[shape] = self._prepare(images, info, records, deadline)
+                        prepared[shape] = self._prepare(images, info, records, deadline, large, tiling)
                     outputs, batch_ids = servable.run(prepared[shape], reservation, deadline - time.monotonic())
             except (ShuttingDown, ModelNotReady):
                 if attempt == 1 or route.pinned:
                     raise
                 _log.info("model %s version %s went away mid-request; re-routing", info.name, info.version)
                 continue
-            return self._label(outputs, info, batch_ids, records, qc_mode)
+            tiles = self._run_tiles(servable, info, large, tiling, outputs, deadline)
+            return self._label(outputs, info, batch_ids, records, qc_mode, tiles)
         raise AssertionError("unreachable")
 
+    def _run_tiles(self, servable: Servable, info: ModelInfo, large: dict[int, NDArray[np.generic]],
+                   mode: TilingMode, outputs: dict[str, NDArray[np.float32]],
+                   deadline: float) -> list[TileSummary | None]:
+        # NOTE: the large images' resized rows were run with the batch (one row each, cheap);
+        # their answer is replaced by the tiles'.
+        """Tile the large images, run their tiles, and put each image's best tile in its row."""
+        summaries: list[TileSummary | None] = [None] * len(outputs[info.output_key])
+        for index, pixels in large.items():
+            grid = tiling.plan(pixels.shape[0], pixels.shape[1], info.height, info.width, mode,
+                               self.settings.tiling_factor, self.settings.tile_overlap)
+            if grid is None:
+                continue
+            tile_outputs = run_tiles(servable, info, pixels, grid, deadline, self.settings.max_batch_size)
+            p_positive, positive = self._positive(tile_outputs[info.output_key], info)
+            summary = tiling.summarise(p_positive, positive, grid)
+            for name, array in outputs.items():  # the image is answered by its most infected tile
+                array[index] = tile_outputs[name][summary.best_tile]
+            summaries[index] = summary
+        return summaries
+
     def _prepare(self, images: Sequence[ImageInput], info: ModelInfo, records: list[InputRecord],
-                 deadline: float) -> NDArray[np.float32]:
+                 deadline: float, large: dict[int, NDArray[np.generic]], mode: TilingMode) -> NDArray[np.float32]:
         """Decode and check each image and write it into its slot of one (n, H, W, C) batch;
-        record what each image was (hash, decoded shape, bit depth) for provenance and the gate."""
+        record what each image was (hash, decoded shape, bit depth) for provenance and the gate,
+        and keep the pixels of images large enough to be tiled."""
         started = time.monotonic()
         records.clear()
         batch = np.empty((len(images), info.height, info.width, info.channels), dtype=np.float32)
@@ -173,14 +201,33 @@ class Pipeline:
                 _check_pixel_array(pixels, self.limits)
             if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
                 raise NonFiniteInput(f"image {index} holds NaN or infinite pixel values")
-            prepare_into(pixels, batch[index])
+            grid = tiling.plan(pixels.shape[0], pixels.shape[1], info.height, info.width, mode,
+                               self.settings.tiling_factor, self.settings.tile_overlap)
+            if grid is None:
+                prepare_into(pixels, batch[index])
+            else:
+                # Its answer will come from its tiles: its slot takes the first tile (a crop), not
+                # the whole field resized (a float32 copy of a 10,000-px montage is 400 MB).
+                prepare_into(tiling.crop(pixels, grid, 0), batch[index])
+                large[index] = pixels  # kept (decoded) to be tiled once the batch is answered
             digest = hashlib.sha256(image.data).hexdigest() if isinstance(image, EncodedImage) else None
             records.append(InputRecord(digest, tuple(pixels.shape), str(pixels.dtype), bit_depth(pixels)))
         metrics.DECODE_LATENCY.labels(info.name).observe(time.monotonic() - started)
         return batch
 
+    def _positive(self, probabilities: NDArray[np.float32], info: ModelInfo) -> tuple[
+            NDArray[np.float32], NDArray[np.bool_]]:
+        """p(positive class) per row and whether each row is called positive."""
+        names = info.class_names(probabilities.shape[1])
+        positive = info.metadata.positive_class if info.metadata.positive_class in names else names[-1]
+        column = names.index(positive)
+        threshold = info.metadata.decision_threshold
+        if threshold is not None and len(names) == 2:
+            return probabilities[:, column], probabilities[:, column] >= threshold
+        return probabilities[:, column], np.argmax(probabilities, axis=1) == column
+
     def _label(self, outputs: dict[str, NDArray[np.float32]], info: ModelInfo, batch_ids: list[int],
-               records: list[InputRecord], qc_mode: QcMode) -> InferenceResult:
+               records: list[InputRecord], qc_mode: QcMode, tiles: list[TileSummary | None]) -> InferenceResult:
         """Label each row, apply the QC gate, and count labels and confidence per model
         version (the drift signal).
 
@@ -211,7 +258,7 @@ class Pipeline:
             metrics.PREDICTIONS.labels(info.name, version, label).inc()
             metrics.CONFIDENCE.labels(info.name, version).observe(float(row[index]))
         metrics.IMAGES.labels(info.name, version).inc(len(labels))
-        return InferenceResult(probabilities, labels, names, info, batch_ids, verdicts, list(records))
+        return InferenceResult(probabilities, labels, names, info, batch_ids, verdicts, list(records), tiles)
 
 
 def _check_pixel_array(pixels: NDArray[np.generic], limits: ImageLimits) -> None:

@@ -58,6 +58,9 @@ class PredictParams(BaseModel):
     site: int | None = Field(None, ge=0, le=10_000, description="Raw body: field of view.")
     channel: str | None = Field(None, max_length=64, description="Raw body: imaging channel.")
     time_point: int | None = Field(None, ge=0, le=1_000_000, description="Raw body: time point index.")
+    tiling: Literal["auto", "always", "never"] = Field(
+        "auto", description="Cut images larger than the model's input into tiles instead of resizing: "
+                            "'auto' past SERVING_TILING_FACTOR times the input on a side.")
     qc: Literal["reject", "warn", "off"] = Field(
         "warn", description="Quality/out-of-distribution gate: 'reject' answers label null for rejected "
                             "images, 'warn' reports and still labels, 'off' skips it.")
@@ -92,6 +95,19 @@ class Provenance(BaseModel):
     decision_threshold: float | None = Field(None, description="p(positive class) that labels; null: argmax.")
 
 
+class TilingResult(BaseModel):
+    """A tiled image's tiles: the call is its most infected tile's."""
+
+    mode: Literal["tiled"]
+    grid: list[int] = Field(description="[rows, columns] of tiles")
+    tile_size: list[int] = Field(description="[height, width] of every tile, the model's input")
+    overlap: float
+    p_max: float
+    p_mean: float
+    positive_fraction: float
+    p_grid: list[list[float]] = Field(description="p(positive class) per tile, row by row")
+
+
 class Prediction(SampleInfo):
     """The answer for one image."""
 
@@ -100,6 +116,7 @@ class Prediction(SampleInfo):
     label: str | None = Field(description="The call; null when the gate rejected the image under ?qc=reject.")
     qc: QcResult | None = None
     input: InputProvenance | None = None
+    tiling: TilingResult | None = Field(None, description="Present when the image was tiled; absent: resized.")
     probabilities: dict[str, float]
     model: str
     model_version: int

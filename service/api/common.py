@@ -17,6 +17,7 @@ from service.errors import InvalidInput
 from service.models import ModelManager, Servable
 from service.pipeline import ImageInput, InferenceResult, ModelRoute, Pipeline
 from service.quality import QcMode
+from service.tiling import TilingMode
 
 EXTENSION = "serving"
 PIPELINE_EXTENSION = "serving.pipeline"
@@ -48,10 +49,15 @@ def check_image_count(count: int) -> None:
     get_pipeline().check_image_count(count)
 
 
-def run_inference(images: Sequence[ImageInput], route: ModelRoute, qc_mode: QcMode = "warn") -> InferenceResult:
-    """Run the pipeline within the request's deadline; record what the access log reports."""
+def run_inference(images: Sequence[ImageInput], route: ModelRoute, qc_mode: QcMode = "warn",
+                  tiling: TilingMode = "never") -> InferenceResult:
+    """Run the pipeline within the request's deadline; record what the access log reports.
+
+    Tiling is off unless the view asks: the TF Serving and v2 protocols answer one row per
+    input, which a tiled image's grid does not fit.
+    """
     g.images = len(images)
-    result = get_pipeline().run(images, route, g.deadline, qc_mode)
+    result = get_pipeline().run(images, route, g.deadline, qc_mode, tiling)
     g.batch_ids = result.batch_ids
     g.model_version = result.info.version
     return result

@@ -8,7 +8,7 @@ import io
 from flask import Blueprint, Response, g, jsonify, request
 
 from service import __version__
-from service.api.common import begin_inference, run_inference
+from service.api.common import begin_inference, get_pipeline, run_inference
 from service.api.openapi import IMAGE_BODY, MULTIPART_IMAGES, document
 from service.api.uploads import Upload, uploads_from_request
 from service.pipeline import InferenceResult, ModelRoute
@@ -22,7 +22,9 @@ from service.schemas import (
     PredictResponse,
     Provenance,
     QcResult,
+    TilingResult,
 )
+from service.tiling import TileSummary
 
 bp = Blueprint("predict", __name__)
 
@@ -39,8 +41,10 @@ def provenance(result: InferenceResult) -> Provenance:
 
 def _predictions(result: InferenceResult, uploads: list[Upload]) -> list[Prediction]:
     verdicts: list[QcVerdict | None] = list(result.qc) if result.qc is not None else [None] * len(uploads)
+    tiles = result.tiles or [None] * len(uploads)
     return [
         Prediction(
+            tiling=_tiling(tile, result) if tile is not None else None,
             **upload.sample.model_dump(),
             input=InputProvenance(sha256=record.sha256, shape=list(record.shape), dtype=record.dtype,
                                   bit_depth=record.bit_depth),
@@ -50,9 +54,17 @@ def _predictions(result: InferenceResult, uploads: list[Upload]) -> list[Predict
             model=result.info.name,
             model_version=result.info.version,
         )
-        for row, upload, label, verdict, record in zip(
-            result.probabilities, uploads, result.labels, verdicts, result.inputs)
+        for row, upload, label, verdict, record, tile in zip(
+            result.probabilities, uploads, result.labels, verdicts, result.inputs, tiles)
     ]
+
+
+def _tiling(tile: TileSummary, result: InferenceResult) -> TilingResult:
+    return TilingResult(
+        mode="tiled", grid=list(tile.grid_shape), tile_size=[result.info.height, result.info.width],
+        overlap=get_pipeline().settings.tile_overlap, p_max=tile.p_max, p_mean=tile.p_mean,
+        positive_fraction=tile.positive_fraction, p_grid=tile.p_grid,
+    )
 
 
 @bp.post("/predict")
@@ -71,7 +83,7 @@ def predict() -> Response:
     begin_inference(route)  # 404 / 503 before reading a large body
     uploads = uploads_from_request(params)
     g.samples = [upload.sample.model_dump(exclude_none=True, exclude={"id"}) for upload in uploads]
-    result = run_inference([upload.image for upload in uploads], route, params.qc)
+    result = run_inference([upload.image for upload in uploads], route, params.qc, params.tiling)
     if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
         return _csv_response(result, uploads)
     response = PredictResponse(
