@@ -18,14 +18,18 @@ COPY requirements.txt requirements.lock requirements-nodeps.lock deploy/docker/r
 # TensorFlow's two core libraries ship their static symbol tables (~200 MB; the dynamic symbols
 # that loading and custom ops need stay); pip goes too, so nothing installs at run time.
 # Only TensorFlow's own libraries are stripped: strip can corrupt auditwheel/patchelf'ed ones.
+# One step where the package index is reachable: with no wheels in wheelhouse/ (a clean clone
+# holds only its README), pip installs the same hash-pinned set from the index. Air-gapped
+# builds fill wheelhouse/ first (`make wheelhouse`) and install from it alone.
 WORKDIR /src
+# hadolint ignore=SC2086
 RUN --mount=type=bind,source=wheelhouse,target=/wheelhouse \
     sh requirements.sh "${TF_VARIANT}" > /src/requirements-variant.txt \
+ && if ls /wheelhouse/*.whl >/dev/null 2>&1; then FROM_WHEELS="--no-index --find-links /wheelhouse"; \
+    else FROM_WHEELS=""; fi \
  && python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse \
-      -r /src/requirements-variant.txt \
- && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse --no-deps \
-      -r /src/requirements-nodeps.lock \
+ && /opt/venv/bin/pip install --no-cache-dir $FROM_WHEELS -r /src/requirements-variant.txt \
+ && /opt/venv/bin/pip install --no-cache-dir $FROM_WHEELS --no-deps -r /src/requirements-nodeps.lock \
  && /opt/venv/bin/pip uninstall -q -y libclang \
  && rm -rf /opt/venv/lib/python3.11/site-packages/tensorflow/include \
  && strip --strip-unneeded /opt/venv/lib/python3.11/site-packages/tensorflow/libtensorflow_*.so.2 \
