@@ -51,7 +51,8 @@ def _pixels(seed: int, shape: tuple[int, ...] = (32, 40)) -> np.ndarray:
 
 
 def _predict_probabilities(server: GunicornServer, data: bytes, model: str = "tiny") -> list[float]:
-    response = requests.post(f"{server.url}/predict?model={model}", data=data, headers={"Content-Type": "image/tiff"}, timeout=30)
+    # tiling=never: compared with v2, which answers each input resized as a whole
+    response = requests.post(f"{server.url}/predict?model={model}&tiling=never", data=data, headers={"Content-Type": "image/tiff"}, timeout=30)
     assert response.status_code == 200, response.text
     p = response.json()["predictions"][0]["probabilities"]
     return [p["uninfected"], p["infected"]]
