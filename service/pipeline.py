@@ -97,6 +97,8 @@ class InferenceResult:
     inputs: list[InputRecord] = field(default_factory=list)
     tiles: list[TileSummary | None] = field(default_factory=list)
     """Per image: its tile grid and aggregates when it was tiled, None when resized."""
+    timings_s: dict[str, float] = field(default_factory=dict)
+    """Wall seconds by stage: decode (and prepare), queue (wait for a batch), model, tiles."""
 
 
 def decode_b64(text: object, where: str) -> bytes:
@@ -141,6 +143,7 @@ class Pipeline:
         prepared: dict[tuple[int, int, int], NDArray[np.float32]] = {}
         records: list[InputRecord] = []
         large: dict[int, NDArray[np.generic]] = {}
+        decode_s = 0.0
         for attempt in range(2):
             servable = self.manager.get(route.name, route.version, route.label)
             info = servable.info
@@ -149,20 +152,25 @@ class Pipeline:
             try:
                 with servable.reserve(len(images)) as reservation:
                     if shape not in prepared:
+                        decode_started = time.monotonic()
                         prepared[shape] = self._prepare(images, info, records, deadline, large, tiling)
-                    outputs, batch_ids = servable.run(prepared[shape], reservation, deadline - time.monotonic())
+                        decode_s = time.monotonic() - decode_started
+                    answer = servable.run(prepared[shape], reservation, deadline - time.monotonic())
             except (ShuttingDown, ModelNotReady):
                 if attempt == 1 or route.pinned:
                     raise
                 _log.info("model %s version %s went away mid-request; re-routing", info.name, info.version)
                 continue
-            tiles = self._run_tiles(servable, info, large, tiling, outputs, deadline)
-            return self._label(outputs, info, batch_ids, records, qc_mode, tiles)
+            timings = {"decode": decode_s, "queue": answer.queue_s, "model": answer.model_s}
+            tiles = self._run_tiles(servable, info, large, tiling, answer.outputs, deadline, timings)
+            result = self._label(answer.outputs, info, answer.batch_ids, records, qc_mode, tiles)
+            result.timings_s.update(timings)
+            return result
         raise AssertionError("unreachable")
 
     def _run_tiles(self, servable: Servable, info: ModelInfo, large: dict[int, NDArray[np.generic]],
                    mode: TilingMode, outputs: dict[str, NDArray[np.float32]],
-                   deadline: float) -> list[TileSummary | None]:
+                   deadline: float, timings: dict[str, float]) -> list[TileSummary | None]:
         # NOTE: the large images' resized rows were run with the batch (one row each, cheap);
         # their answer is replaced by the tiles'.
         """Tile the large images, run their tiles, and put each image's best tile in its row."""
@@ -172,7 +180,9 @@ class Pipeline:
                                self.settings.tiling_factor, self.settings.tile_overlap)
             if grid is None:
                 continue
+            tiles_started = time.monotonic()
             tile_outputs = run_tiles(servable, info, pixels, grid, deadline, self.settings.max_batch_size)
+            timings["tiles"] = timings.get("tiles", 0.0) + time.monotonic() - tiles_started
             p_positive, positive = self._positive(tile_outputs[info.output_key], info)
             summary = tiling.summarise(p_positive, positive, grid)
             for name, array in outputs.items():  # the image is answered by its most infected tile

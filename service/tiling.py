@@ -113,6 +113,5 @@ def run_tiles(servable: Servable, info: ModelInfo, pixels: NDArray[np.generic], 
             rows = np.empty((count, info.height, info.width, info.channels), dtype=np.float32)
             for offset in range(count):
                 prepare_into(crop(pixels, grid, start + offset), rows[offset])
-            outputs, _ = servable.run(rows, reservation, deadline - time.monotonic())
-        parts.append(outputs)
+            parts.append(servable.run(rows, reservation, deadline - time.monotonic()).outputs)
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

@@ -60,6 +60,7 @@ def run_inference(images: Sequence[ImageInput], route: ModelRoute, qc_mode: QcMo
     result = get_pipeline().run(images, route, g.deadline, qc_mode, tiling)
     g.batch_ids = result.batch_ids
     g.model_version = result.info.version
+    g.timings_s = result.timings_s
     return result
 
 

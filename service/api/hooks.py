@@ -30,6 +30,11 @@ def install_request_hooks(app: Flask, default_model: str) -> None:
         latency_s = time.monotonic() - g.get("started", time.monotonic())
         route = request.url_rule.rule if request.url_rule else "unmatched"
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        stages = {name: round(seconds * 1000, 2) for name, seconds in g.get("timings_s", {}).items()}
+        if stages:
+            # W3C Server-Timing: browsers' dev tools and the benchmark read where the time went.
+            stages["total"] = round(latency_s * 1000, 2)
+            response.headers["Server-Timing"] = ", ".join(f"{name};dur={ms}" for name, ms in stages.items())
         model = _model_label(g.get("model"), default_model)
         if route != "/metrics":
             metrics.REQUESTS.labels(model, route, metrics.status_class(response.status_code)).inc()
@@ -48,6 +53,7 @@ def install_request_hooks(app: Flask, default_model: str) -> None:
                 "client": request.remote_addr,
                 "user_agent": request.user_agent.string[:200] or None,
                 "latency_ms": round(latency_s * 1000, 2),
+                "stages_ms": stages or None,
                 "images": g.get("images", 0),
                 "batch_ids": g.get("batch_ids", []),
                 "samples": g.get("samples"),  # plate/well/site...: in logs, never metric labels

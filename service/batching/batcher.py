@@ -321,6 +321,10 @@ class MicroBatcher:
             for job, _, _ in live:
                 self._fail(job, error)
         run_s = time.monotonic() - started
+        for job, _, _ in live:
+            if job.first_batch_at is None:
+                job.first_batch_at = started
+            job.model_s += run_s
         if not failed:
             self._policy.cost.observe(padded, run_s)
             offset = 0

@@ -74,6 +74,10 @@ class BatchJob:
     output: Outputs | None = None
     abandoned: bool = False
     batch_ids: list[int] = field(default_factory=list)
+    first_batch_at: float | None = None
+    """When the first batch holding its images started (queue wait ends)."""
+    model_s: float = 0.0
+    """Time of the model calls that held its images."""
 
     @property
     def pending_rows(self) -> int:

@@ -10,7 +10,7 @@ import enum
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +27,15 @@ from service.models.signature import ModelInfo
 _log = logging.getLogger(__name__)
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+class RunResult(NamedTuple):
+    """One request's images back from the batcher."""
+
+    outputs: dict[str, NDArray[np.float32]]
+    batch_ids: list[int]
+    queue_s: float
+    model_s: float
 
 
 class ServableState(str, enum.Enum):
@@ -175,10 +184,9 @@ class Servable:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
         return batcher.reserve(images)
 
-    def run(
-        self, rows: NDArray[np.float32], reservation: Reservation, timeout_s: float
-    ) -> tuple[dict[str, NDArray[np.float32]], list[int]]:
-        """Send prepared images through the batcher; return their named outputs and batch ids.
+    def run(self, rows: NDArray[np.float32], reservation: Reservation, timeout_s: float) -> RunResult:
+        """Send prepared images through the batcher; return their named outputs, batch ids and
+        how long they waited in the queue and ran in the model.
 
         Raises:
             ModelNotReady: the version stopped being AVAILABLE since the reservation (503).
@@ -191,7 +199,8 @@ class Servable:
         try:
             outputs = job.future.result(timeout=max(timeout_s, 0.001))
             assert isinstance(outputs, dict), "the servable's batcher runs _predict_named"
-            return outputs, job.batch_ids
+            queue_s = (job.first_batch_at or job.enqueued_at) - job.enqueued_at
+            return RunResult(outputs, job.batch_ids, queue_s, job.model_s)
         except TimeoutError as err:
             reservation.batcher.abandon(job)
             raise BackendTimeout(
