@@ -15,12 +15,14 @@ import os
 import socket
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker
 
 READ_TIMEOUT_ENV = "SERVING_REQUEST_READ_TIMEOUT_S"
+T = TypeVar("T")
 _HEADERS, _BODY = "headers", "body"
 
 _TIMEOUT_BODY = b'{"error": {"code": "request_timeout", "message": "request headers not received in time"}}'
@@ -80,10 +82,11 @@ class DeadlineSocket(socket.socket):
                 pass
         raise ReadDeadlineExceeded(f"request not received within {self.read_timeout_s:g} s")
 
-    def recv(self, size: int, flags: int = 0) -> bytes:
+    def _bounded(self, read: Callable[[], T]) -> T:
+        """Run one read within what is left of the request's deadline."""
         self._remaining_s()
         try:
-            return super().recv(size, flags)
+            return read()
         except TimeoutError:
             deadline = _deadlines.get(self)
             if deadline is None:
@@ -91,16 +94,11 @@ class DeadlineSocket(socket.socket):
             self._give_up(deadline)
             raise
 
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        return self._bounded(lambda: super(DeadlineSocket, self).recv(size, flags))
+
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        self._remaining_s()
-        try:
-            return super().recv_into(buffer, nbytes, flags)
-        except TimeoutError:
-            deadline = _deadlines.get(self)
-            if deadline is None:
-                raise
-            self._give_up(deadline)
-            raise
+        return self._bounded(lambda: super(DeadlineSocket, self).recv_into(buffer, nbytes, flags))
 
 
 def arm_read_deadline(sock: socket.socket) -> None:
