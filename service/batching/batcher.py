@@ -23,16 +23,15 @@ from service.batching.jobs import (
     BatchReport,
     Outputs,
     Reservation,
+    assemble_inputs,
     output_rows,
     output_slice,
-    place_rows,
 )
 from service.batching.policy import BatchingPolicy, CostModel, PolicyName, allowed_batch_sizes
+from service.batching.supervisor import ThreadSupervisor
 from service.errors import ModelCallFailed, QueueFull, ServiceError, ShuttingDown
 
 _log = logging.getLogger(__name__)
-
-MAX_RESTARTS_PER_MINUTE = 5
 
 RunBatch = Callable[[NDArray[np.float32]], Outputs]
 
@@ -76,49 +75,25 @@ class MicroBatcher:
         self._batch_counter = 0
         # NOTE: more than one thread (TF Serving's num_batch_threads) only pays when the backend
         # runs batches in parallel elsewhere, e.g. TF Serving on a GPU or several replicas.
-        self._name = name
-        self._on_thread_restart = on_thread_restart
-        self._restarts: deque[float] = deque(maxlen=MAX_RESTARTS_PER_MINUTE)
-        self._gave_up = False
-        self._threads = [self._start_thread(index) for index in range(num_threads)]
-
-    def _start_thread(self, index: int) -> threading.Thread:
-        thread = threading.Thread(target=self._loop, args=(index,), name=f"batcher-{self._name}-{index}",
-                                  daemon=True)
-        thread.start()
-        return thread
+        self._threads = ThreadSupervisor(self._loop, name, num_threads, on_thread_restart)
 
     @property
     def alive_threads(self) -> int:
         """Batcher threads running now."""
-        return sum(thread.is_alive() for thread in self._threads)
+        return self._threads.alive
 
     def healthy(self) -> bool:
-        """Every batcher thread alive (a dead one is replaced at once, at most
-        MAX_RESTARTS_PER_MINUTE a minute; past that the batcher stays down and /readyz says so)."""
-        return self._closing or not self._gave_up and all(thread.is_alive() for thread in self._threads)
+        """Every batcher thread alive (see `service.batching.supervisor`); /readyz reads it."""
+        return self._closing or self._threads.healthy()
 
     def _replace_thread(self, index: int) -> None:
-        """Called by a dying batcher thread: start its successor, or give up and fail the queue."""
-        with self._cond:
-            now = time.monotonic()
-            if self._closing:
-                return
-            if len(self._restarts) == self._restarts.maxlen and now - self._restarts[0] < 60:
-                self._gave_up = True
-                doomed = list(self._jobs)
-            else:
-                self._restarts.append(now)
-                self._threads[index] = self._start_thread(index)
-                doomed = []
-        if self._gave_up:
-            _log.error("batcher %s: threads keep dying; giving up", self._name)
-            for job in doomed:
-                self._fail(job, ModelCallFailed("the batcher stopped"))
+        """Called by a dying batcher thread: a successor starts, or what is queued fails."""
+        if self._closing or self._threads.replace(index):
             return
-        _log.error("batcher thread %s died; restarted it", self._threads[index].name)
-        if self._on_thread_restart is not None:
-            self._on_thread_restart()
+        with self._cond:
+            doomed = list(self._jobs)
+        for job in doomed:
+            self._fail(job, ModelCallFailed("the batcher stopped"))
 
     # --- called from request threads ---------------------------------------------------------
 
@@ -137,7 +112,7 @@ class MicroBatcher:
             self._arriving -= announced
             if self._closing:
                 raise ShuttingDown("worker is shutting down", retry_after_s=1)
-            if self._gave_up:
+            if self._threads.gave_up:
                 raise ModelCallFailed("the batcher stopped; the worker is not ready")
             if self._queued_rows + len(rows) > self.max_queue_size:
                 raise QueueFull(
@@ -220,7 +195,7 @@ class MicroBatcher:
             "max_queue_size": self.max_queue_size,
             "target_latency_ms": self.target_latency_s * 1000,
             "allowed_batch_sizes": self._pad_sizes,
-            "batch_threads": len(self._threads),
+            "batch_threads": len(self._threads.threads),
             "queued_images": self._queued_rows,
         }
 
@@ -229,9 +204,7 @@ class MicroBatcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+        self._threads.join(None if timeout_s is None else time.monotonic() + timeout_s)
 
     # --- the batcher thread ---------------------------------------------------------------------
 
@@ -291,7 +264,7 @@ class MicroBatcher:
 
     def _execute(self, batch: list[tuple[BatchJob, int, int]]) -> None:
         self._report_depth(self._queued_rows)
-        live = [part for part in batch if self._start(part[0])]
+        live = [part for part in batch if part[0].start()]
         if not live:
             return
         with self._cond:
@@ -300,15 +273,7 @@ class MicroBatcher:
         started = time.monotonic()
         size = sum(stop - start for _, start, stop in live)
         padded = self._padded_size(size)
-        if len(live) == 1:  # one request fills the batch: no copy
-            job, start, stop = live[0]
-            inputs = job.rows[start:stop]
-        else:
-            inputs = np.concatenate([job.rows[start:stop] for job, start, stop in live])
-        if padded > size:
-            # Repeating real rows (not zeros) keeps padding numerically harmless for any model.
-            filler = np.repeat(inputs[-1:], padded - size, axis=0)
-            inputs = np.concatenate([inputs, filler])
+        inputs = assemble_inputs(live, padded)
         failed = False
         try:
             outputs = self._run_batch(inputs)
@@ -329,16 +294,11 @@ class MicroBatcher:
             self._policy.cost.observe(padded, run_s)
             offset = 0
             for job, start, stop in live:
-                self._deliver(job, start, stop, output_slice(outputs, offset, offset + stop - start), batch_id)
+                job.deliver(start, stop, output_slice(outputs, offset, offset + stop - start), batch_id)
                 offset += stop - start
         report = BatchReport(
-            batch_id=batch_id,
-            size=size,
-            padded_size=padded,
-            requests=len({id(job) for job, _, _ in live}),
-            queue_wait_s=tuple(started - job.enqueued_at for job, _, _ in live),
-            run_s=run_s,
-            failed=failed,
+            batch_id=batch_id, size=size, padded_size=padded, requests=len({id(job) for job, _, _ in live}),
+            queue_wait_s=tuple(started - job.enqueued_at for job, _, _ in live), run_s=run_s, failed=failed,
         )
         _log.debug(
             "batch %d: %d images (padded %d) from %d requests, max wait %.1f ms, run %.1f ms",
@@ -347,23 +307,6 @@ class MicroBatcher:
         )
         if self._on_batch is not None:
             self._on_batch(report)
-
-    def _start(self, job: BatchJob) -> bool:
-        """Mark the job running; False if its caller already gave up (stdlib cancel protocol)."""
-        if job.abandoned or job.future.cancelled():
-            return False
-        if job.future.running():
-            return True
-        return job.future.set_running_or_notify_cancel()
-
-    def _deliver(self, job: BatchJob, start: int, stop: int, part: Outputs, batch_id: int) -> None:
-        if job.future.done():
-            return
-        job.output = place_rows(job.output, part, start, stop, len(job.rows))
-        job.done_rows += stop - start
-        job.batch_ids.append(batch_id)
-        if job.done_rows == len(job.rows):
-            job.future.set_result(job.output)
 
     def _fail(self, job: BatchJob, error: Exception) -> None:
         with self._cond:

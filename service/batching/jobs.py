@@ -83,6 +83,24 @@ class BatchJob:
     def pending_rows(self) -> int:
         return len(self.rows) - self.next_row
 
+    def start(self) -> bool:
+        """Mark the job running; False if its caller already gave up (stdlib cancel protocol)."""
+        if self.abandoned or self.future.cancelled():
+            return False
+        if self.future.running():
+            return True
+        return self.future.set_running_or_notify_cancel()
+
+    def deliver(self, start: int, stop: int, part: Outputs, batch_id: int) -> None:
+        """Rows start:stop are answered; the future resolves once every row is."""
+        if self.future.done():
+            return
+        self.output = place_rows(self.output, part, start, stop, len(self.rows))
+        self.done_rows += stop - start
+        self.batch_ids.append(batch_id)
+        if self.done_rows == len(self.rows):
+            self.future.set_result(self.output)
+
 
 class Reservation:
     """Room claimed in a batcher for one request's images; see `MicroBatcher.reserve`."""
@@ -105,3 +123,16 @@ class Reservation:
         if not self._settled:
             self._settled = True
             self.batcher.withdraw(self.images)
+
+
+def assemble_inputs(parts: list[tuple[BatchJob, int, int]], padded: int) -> NDArray[np.float32]:
+    """One model call's input: the parts' rows in order (no copy when one request fills the
+    batch), padded to `padded` rows by repeating the last real row (harmless for any model)."""
+    if len(parts) == 1:
+        job, start, stop = parts[0]
+        inputs = job.rows[start:stop]
+    else:
+        inputs = np.concatenate([job.rows[start:stop] for job, start, stop in parts])
+    if padded > len(inputs):
+        inputs = np.concatenate([inputs, np.repeat(inputs[-1:], padded - len(inputs), axis=0)])
+    return inputs
