@@ -40,6 +40,10 @@ train: setup-dev  ## regenerate synthetic data, train and export model_repositor
 bench: setup-dev  ## side-by-side throughput/latency table (see README, Performance)
 	$(PY) -m bench.run
 
+.PHONY: harden
+harden: setup-dev  ## overload, SIGTERM/SIGKILL, stalled uploads, hostile files, soak (~17 min; bench/README.md)
+	$(PY) -m bench.harden $(HARDEN_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
 
