@@ -17,6 +17,7 @@ from typing import Any, Self
 import requests
 
 from bench.common import log
+from bench.loadgen import cpu_seconds, machine_busy_seconds
 from bench.servers import REPO_ROOT, HttpServer
 
 
@@ -52,6 +53,7 @@ class RssSampler:
     def __init__(self, master_pid: int, interval_s: float = 1.0) -> None:
         self.master_pid, self.interval_s = master_pid, interval_s
         self.samples: list[tuple[float, dict[int, int]]] = []
+        self.cpu: list[tuple[float, float, float]] = []  # (t, machine busy s, server tree CPU s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.t0 = time.monotonic()
@@ -59,7 +61,9 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             rss = {pid: kb for pid in children(self.master_pid) if (kb := status_kb(pid, "VmRSS")) is not None}
-            self.samples.append((time.monotonic() - self.t0, rss))
+            now = time.monotonic() - self.t0
+            self.samples.append((now, rss))
+            self.cpu.append((now, machine_busy_seconds(), cpu_seconds([self.master_pid, *rss])))
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> Self:
@@ -74,6 +78,15 @@ class RssSampler:
     def totals_mb(self, start_s: float, end_s: float) -> list[float]:
         """Summed worker RSS (MB) of the samples taken in [start_s, end_s)."""
         return [sum(rss.values()) / 1024 for t, rss in self.samples if start_s <= t < end_s and rss]
+
+
+    def other_cores(self, start_s: float, end_s: float) -> float:
+        """Cores busy with anything but the server (other jobs, the load generator) in the window."""
+        inside = [c for c in self.cpu if start_s <= c[0] < end_s]
+        if len(inside) < 2:
+            return float("nan")
+        (t0, busy0, srv0), (t1, busy1, srv1) = inside[0], inside[-1]
+        return max((busy1 - busy0) - (srv1 - srv0), 0.0) / max(t1 - t0, 1e-9)
 
 
 def median(values: list[float]) -> float:

@@ -285,10 +285,16 @@ class Campaign:
         ratio = last / first if first else float("nan")
         errors = {k: v for k, v in (status_counts(samples) | fate_counts(samples)).items() if k != "200"}
         ok = ratio <= 1.5 and growth <= 0.05
+        # Per window: the p99 and the cores other jobs took (a shared machine shows up here).
+        edges = [i * window for i in range(int(seconds // window))]
+        per_window = [[round(p99(latencies_ms(samples, a, a + window))), round(sampler.other_cores(a, a + window), 2)]
+                      for a in edges]
         measured = (f"open 0.7C={0.7 * capacity:.1f}/s for {seconds:.0f} s ({run['sent']} requests, non-200 "
                     f"{fmt(errors) or 0}): p99 first {window:.0f} s {first:.0f} ms → last {last:.0f} ms "
-                    f"(×{ratio:.2f}); worker RSS {rss2:.0f} → {rss_last:.0f} MB ({growth:+.1%})")
+                    f"(×{ratio:.2f}); worker RSS {rss2:.0f} → {rss_last:.0f} MB ({growth:+.1%}); per "
+                    f"{window:.0f} s [p99 ms, other jobs' cores]: {per_window}")
         return row("soak", "6. soak at 70% capacity", measured, "p99 ratio ≤ 1.5, RSS growth ≤ 5%", ok,
                     {"rate_rps": 0.7 * capacity, "duration_s": seconds, "window_s": window, "sent": run["sent"],
                      "errors": errors, "p99_first_ms": first, "p99_last_ms": last, "ratio": ratio,
-                     "rss_second_window_mb": rss2, "rss_last_window_mb": rss_last, "rss_growth": growth})
+                     "rss_second_window_mb": rss2, "rss_last_window_mb": rss_last, "rss_growth": growth,
+                     "per_window_p99_ms_other_cores": per_window})
