@@ -41,7 +41,7 @@ bench: setup-dev  ## side-by-side throughput/latency table (see README, Performa
 	$(PY) -m bench.run
 
 .PHONY: harden
-harden: setup-dev  ## overload, SIGTERM/SIGKILL, stalled uploads, hostile files, soak (~17 min; bench/README.md)
+harden: setup-dev  ## overload, SIGTERM/SIGKILL, stalled uploads, hostile files, soak (~18 min; bench/README.md)
 	$(PY) -m bench.harden $(HARDEN_ARGS)
 
 clean:

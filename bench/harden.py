@@ -2,7 +2,7 @@
 a soak? Real Gunicorn on 127.0.0.1 free ports; every loop is bounded. One Markdown table (check |
 measured | limit | PASS/FAIL) on stdout, written with a JSON twin to bench/results/harden.{md,json}.
 
-    python -m bench.harden                        # full campaign, ~17 min
+    python -m bench.harden                        # full campaign, ~18 min
     python -m bench.harden --quick --only sigterm,stalled,hostile
 """
 
