@@ -38,7 +38,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("harden") / "harden"
     done = subprocess.run(
         [sys.executable, "-m", "bench.harden", "--quick", "--only", ",".join(ROWS), "--out", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode in (0, 1), done.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
