@@ -58,6 +58,10 @@ fuzz-decoders: setup-dev  ## fuzz the image decoders (atheris), seeds generated 
 
 fuzz: fuzz-decoders fuzz-api  ## both campaigns: the decoders (atheris) and the API (schemathesis)
 
+.PHONY: harden
+harden: setup-dev  ## overload, SIGTERM/SIGKILL, stalled uploads, hostile files, soak (~18 min; bench/README.md)
+	$(PY) -m bench.harden $(HARDEN_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
 
