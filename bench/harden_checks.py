@@ -224,7 +224,7 @@ def builtin_hostile() -> list[dict[str, Any]]:
 
 
 _TYPES = {".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff", ".jpg": "image/jpeg",
-          ".jpeg": "image/jpeg", ".json": "application/json"}
+          ".jpeg": "image/jpeg", ".json": "application/json", ".bin": "application/octet-stream"}
 
 
 def hostile_set(folder: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -235,10 +235,17 @@ def hostile_set(folder: Path) -> tuple[str, list[dict[str, Any]]]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _TYPES) if folder.is_dir() else []
     if not files:
         return "built-in", builtin_hostile()
+    try:  # the corpus says which TIFF page a case asks for (a missing page is the hostile part)
+        from tests.hostile.make_corpus import CASES
+        pages = {case.name: case.page for case in CASES if getattr(case, "page", 0)}
+    except ImportError:
+        pages = {}
     items = []
     for path in files:
         route = ("/v1/models/cpe_cnn:predict" if path.name.startswith("v1_") else
                  "/v2/models/cpe_cnn/infer" if path.name.startswith("v2_") else "/predict")
+        if path.name in pages:
+            route += f"?page={pages[path.name]}"
         items.append({"name": str(path.relative_to(folder)), "path": route,
                       "content_type": _TYPES[path.suffix.lower()], "body": path.read_bytes()})
     return str(folder.relative_to(REPO_ROOT)), items

@@ -100,7 +100,11 @@ class Settings(BaseSettings):
     """Images waiting in a worker's queue; past this, requests get 503 with Retry-After."""
 
     request_timeout_s: float = Field(30.0, gt=0)
-    """A request whose images have not come back by then gets 504."""
+    """A request whose images have not come back by then gets 504 (counted from when Gunicorn
+    accepted it, so time spent waiting for a thread counts)."""
+
+    max_thread_wait_s: float = Field(10.0, gt=0)
+    """A request that waited longer for a free worker thread is shed with 503 + Retry-After."""
 
     batch_threads: int = Field(0, ge=0)
     """Batches in flight at once per worker (TF Serving's num_batch_threads); 0 chooses from the

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gunicorn.http.errors import NoMoreData
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 READ_TIMEOUT_ENV = "SERVING_REQUEST_READ_TIMEOUT_S"
 T = TypeVar("T")
@@ -37,11 +37,12 @@ class ReadDeadlineExceeded(NoMoreData):
 
 
 class _Deadline:
-    __slots__ = ("at", "phase")
+    __slots__ = ("at", "phase", "queued_at")
 
     def __init__(self) -> None:
         self.at: float | None = None
         self.phase = _HEADERS
+        self.queued_at = time.monotonic()  # handed to the thread pool (accepted, or readable again)
 
 
 _deadlines: weakref.WeakKeyDictionary[socket.socket, _Deadline] = weakref.WeakKeyDictionary()
@@ -107,6 +108,12 @@ def arm_read_deadline(sock: socket.socket) -> None:
         _deadlines[sock] = _Deadline()
 
 
+def queued_at(sock: object) -> float | None:
+    """When the request's connection was handed to the worker's thread pool (monotonic)."""
+    deadline = _deadlines.get(sock) if isinstance(sock, DeadlineSocket) else None
+    return deadline.queued_at if deadline is not None else None
+
+
 def enter_body_phase(sock: object) -> None:
     """Headers are in; what times out from now on is the body (answered 408 by the app)."""
     deadline = _deadlines.get(sock) if isinstance(sock, DeadlineSocket) else None
@@ -122,7 +129,15 @@ def disarm_read_deadline(sock: object) -> None:
 
 
 class DeadlineThreadWorker(ThreadWorker):
-    """gthread, with every client socket a DeadlineSocket (see the module docstring)."""
+    """gthread, with every client socket a DeadlineSocket (see the module docstring), that stops
+    listening when it starts draining.
+
+    Stock gthread only stops *watching* its listening socket on SIGTERM: the socket stays open
+    for the whole drain (up to graceful_timeout), so new connections complete their handshake,
+    send a request and are reset when the worker exits: the client cannot tell whether it ran.
+    Here what is already waiting is accepted (and answered), then the socket is closed, so later
+    clients are refused at connect and can safely retry elsewhere.
+    """
 
     def init_process(self) -> None:
         DeadlineSocket.read_timeout_s = float(os.environ.get(READ_TIMEOUT_ENV, DeadlineSocket.read_timeout_s))
@@ -133,3 +148,24 @@ class DeadlineThreadWorker(ThreadWorker):
             conn.sock.__class__ = DeadlineSocket  # same layout: only the read methods differ
         arm_read_deadline(conn.sock)
         super().enqueue_req(conn)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        for listener in self.sockets:
+            try:
+                listener.setblocking(False)
+                while True:
+                    try:
+                        client, address = listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    self.nr_conns += 1
+                    client.setblocking(True)
+                    self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+                listener.close()
+            except OSError as err:  # a listener already closed: nothing left to refuse
+                self.log.debug("closing listener on shutdown: %s", err)

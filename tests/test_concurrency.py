@@ -28,3 +28,11 @@ def test_gpu_remote_and_unmeasured() -> None:
     assert choose_batch_threads(0, ["tfserving://tfserving:8500"], None, 2)[0] == 4
     assert choose_batch_threads(0, ["/physical_device:CPU:0"], None, 2)[0] == 1
     assert available_cores() >= 1
+
+
+def test_extra_calls_only_while_memory_holds_their_activations() -> None:
+    heavy = CostCurve(batch_size=8, batch_1_s=0.040, batch_max_s=0.315, batch_bytes=900 * 2**20)
+    assert choose_batch_threads(0, ["/physical_device:CPU:0"], heavy, 2, 20 * 2**30)[0] == 2
+    threads, reason = choose_batch_threads(0, ["/physical_device:CPU:0"], heavy, 2, 100 * 2**20)
+    assert threads == 1 and "memory holds 1" in reason  # a 3 GiB pod already near its limit
+    assert choose_batch_threads(0, ["/physical_device:CPU:0"], heavy, 4, 2 * 2**30)[0] == 3

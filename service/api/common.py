@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, QueueFull
 from service.models import ModelManager, Servable
 from service.pipeline import ImageInput, InferenceResult, ModelRoute, Pipeline
 from service.quality import QcMode
@@ -39,8 +39,15 @@ def begin_inference(route: ModelRoute) -> Servable:
     """Start an inference request: the model it is counted under, its deadline, and the
     servable it would use now (raises ModelNotFound / ModelNotReady before the body is read)."""
     pipeline = get_pipeline()
+    settings = pipeline.settings
     g.model = route.name or pipeline.manager.default_model()
-    g.deadline = g.started + pipeline.settings.request_timeout_s
+    accepted_at = g.get("accepted_at", g.started)
+    g.deadline = accepted_at + settings.request_timeout_s
+    waited_s = g.started - accepted_at
+    if waited_s > settings.max_thread_wait_s:
+        # Overload that never reached the batcher's queue: requests pile up waiting for a thread.
+        raise QueueFull(f"waited {waited_s:.1f} s for a worker thread; the server is overloaded",
+                        retry_after_s=max(1, round(waited_s / 2)))
     return pipeline.manager.get(route.name, route.version, route.label)
 
 

@@ -11,6 +11,7 @@ from flask import Flask, Response, g, request
 
 from service import metrics
 from service.api.common import get_manager
+from service.gunicorn_worker import queued_at
 
 _access_log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -22,6 +23,8 @@ def install_request_hooks(app: Flask, default_model: str) -> None:
     @app.before_request
     def _start_request() -> None:
         g.started = time.monotonic()
+        # Under Gunicorn, time spent waiting for a free thread counts against the request too.
+        g.accepted_at = queued_at(request.environ.get("gunicorn.socket")) or g.started
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 

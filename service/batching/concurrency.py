@@ -20,11 +20,13 @@ MAX_AUTO_THREADS = 4
 
 @dataclass(frozen=True)
 class CostCurve:
-    """Warm-up timings of one model call (seconds) at batch 1 and at max_batch_size."""
+    """Warm-up timings of one model call (seconds) at batch 1 and at max_batch_size, and the
+    memory one call of max_batch_size needs beyond the loaded model (bytes)."""
 
     batch_size: int
     batch_1_s: float
     batch_max_s: float
+    batch_bytes: int = 0
 
     @property
     def batching_gain(self) -> float:
@@ -44,9 +46,42 @@ def available_cores() -> int:
     return cores
 
 
+def memory_limit_bytes() -> int | None:
+    """The cgroup memory limit (a pod's), or the machine's memory."""
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text != "max":
+            return int(text)
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def process_memory_bytes(field: str = "VmHWM") -> int:
+    """This process's resident memory (`VmRSS`) or its peak (`VmHWM`), from /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def choose_batch_threads(configured: int, devices: list[str], curve: CostCurve | None,
-                         cores: int) -> tuple[int, str]:
-    """Batches in flight per worker and why (shown in /status); `configured` > 0 wins."""
+                         cores: int, memory_headroom_bytes: int | None = None) -> tuple[int, str]:
+    """Batches in flight per worker and why (shown in /status); `configured` > 0 wins.
+
+    Each extra call in flight needs its own activations (the paper CNN's first convolution
+    alone is ~110 MB per 1360x1024 image): on a CPU, calls beyond the first are only added
+    while `memory_headroom_bytes` (what the pod may still use) holds their `batch_bytes`.
+    """
     if configured > 0:
         return configured, "configured (SERVING_BATCH_THREADS)"
     if any(device.startswith("tfserving://") for device in devices):
@@ -58,7 +93,14 @@ def choose_batch_threads(configured: int, devices: list[str], curve: CostCurve |
     gain = curve.batching_gain
     if gain < BATCHING_PAYS and cores > 1:
         threads = min(cores, MAX_AUTO_THREADS)
+        memory_note = ""
+        if memory_headroom_bytes is not None and curve.batch_bytes > 0:
+            fits = 1 + max(0, memory_headroom_bytes) // curve.batch_bytes
+            if fits < threads:
+                threads = int(fits)
+                memory_note = (f"; memory holds {threads} (a batch needs {curve.batch_bytes / 2**20:.0f} MiB, "
+                               f"{max(0, memory_headroom_bytes) / 2**20:.0f} MiB free of the limit)")
         return threads, (f"CPU: batching gains {gain:.2f}x (batch 1 {curve.batch_1_s * 1000:.1f} ms, "
                          f"batch {curve.batch_size} {curve.batch_max_s * 1000:.1f} ms); {threads} calls "
-                         f"in flight use the {cores} cores")
+                         f"in flight for the {cores} cores{memory_note}")
     return 1, f"CPU: batching gains {gain:.2f}x; one batch at a time fills the {cores} cores"

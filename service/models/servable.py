@@ -18,7 +18,13 @@ from numpy.typing import NDArray
 from service import metrics
 from service.backends import Backend
 from service.batching import BatchJob, BatchReport, MicroBatcher, Reservation, allowed_batch_sizes
-from service.batching.concurrency import CostCurve, available_cores, choose_batch_threads
+from service.batching.concurrency import (
+    CostCurve,
+    available_cores,
+    choose_batch_threads,
+    memory_limit_bytes,
+    process_memory_bytes,
+)
 from service.batching.jobs import output_rows
 from service.config import Settings
 from service.errors import BackendTimeout, ModelNotReady, redact_paths
@@ -86,8 +92,10 @@ class Servable:
             self.state = ServableState.END
             metrics.MODEL_LOADS.labels(self.name, str(self.version_hint or "unknown"), "failed").inc()
             raise
+        limit = memory_limit_bytes()
+        headroom = None if limit is None else int(0.85 * limit) - process_memory_bytes("VmHWM")
         threads, self.batch_threads_reason = choose_batch_threads(
-            self.settings.batch_threads, self.backend.devices, curve, available_cores())
+            self.settings.batch_threads, self.backend.devices, curve, available_cores(), headroom)
         self.batcher = MicroBatcher(
             self._predict_named,
             policy=self.settings.batching,
@@ -124,6 +132,7 @@ class Servable:
         """
         sample = self._recorded_warmup_inputs(info)
         self.warmup_source = "tf_serving_warmup_requests" if sample is not None else "synthetic"
+        rss_before = process_memory_bytes("VmRSS")
         if sample is None:
             rng = np.random.default_rng(0)
             sample = rng.uniform(0, 4095, size=(1, info.height, info.width, info.channels)).astype(np.float32)
@@ -145,7 +154,9 @@ class Servable:
                 self._predict_named(batch)
                 best = min(best, time.perf_counter() - started)
             timings[size] = best
-        return CostCurve(sizes[-1], timings[1], timings[sizes[-1]])
+        # What running the largest batch added to the process's peak: its activations.
+        batch_bytes = max(0, process_memory_bytes("VmHWM") - rss_before)
+        return CostCurve(sizes[-1], timings[1], timings[sizes[-1]], batch_bytes)
 
     def _recorded_warmup_inputs(self, info: ModelInfo) -> NDArray[np.float32] | None:
         record_file = info.path / WARMUP_FILE if info.path is not None else None
