@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 PORT ?= 8000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-dev run test train bench lint clean
+.PHONY: setup setup-dev run test train train-lofo bench lint clean
 
 $(VENV)/.runtime: requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ run: setup  ## serve model_repository/ on 0.0.0.0:$(PORT)
 test: setup-dev  ## the whole suite, as CI runs it
 	$(PY) -m pytest -q
 
-train: setup-dev  ## regenerate synthetic data, train and export model_repository/cpe_cnn/1
+train: setup-dev  ## regenerate synthetic data (generator v2), train, gate and export model_repository/cpe_cnn/2
 	$(PY) -m training.train
+
+train-lofo: setup-dev  ## leave-one-family-out validation of the recipe -> training/results/lofo.{json,md}
+	$(PY) -m training.lofo
 
 bench: setup-dev  ## side-by-side throughput/latency table (see README, Performance)
 	$(PY) -m bench.run

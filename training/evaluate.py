@@ -76,6 +76,21 @@ def compute_metrics(records: Sequence[dict[str, Any]], p_infected: Sequence[floa
     return metrics
 
 
+def per_family_metrics(records: Sequence[dict[str, Any]], p_infected: Sequence[float]) -> dict[str, Any]:
+    """The headline figures of `compute_metrics` for each rendering family."""
+    p = np.asarray(p_infected, float)
+    out = {}
+    for family in dict.fromkeys(r.get("family", "v1") for r in records):
+        mask = np.array([r.get("family", "v1") == family for r in records])
+        sub = [r for r, m in zip(records, mask) if m]
+        m = compute_metrics(sub, p[mask])
+        out[family] = {k: m[k] for k in ("n_images", "accuracy", "errors", "sensitivity",
+                                          "specificity", "ece_10_bins")}
+        out[family]["severity_1"] = m["per_severity"]["1"]
+        out[family]["non_influenza_cpe"] = m["specificity_non_influenza_cpe"]
+    return out
+
+
 def wilson_upper_error(errors: int, n: int, z: float = 2.576) -> float:
     """Upper bound of a 99% Wilson interval on an error rate of errors/n."""
     if n == 0:

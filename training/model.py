@@ -24,6 +24,7 @@ INPUT_KEY = "image"
 OUTPUT_KEY = "probabilities"
 SIGNATURE_NAME = "serving_default"
 METADATA_FILE = "metadata.json"
+PENULTIMATE = "dense3"
 
 
 def build_model(seed: int = 0) -> keras.Model:
@@ -50,22 +51,43 @@ def export_model(
     model_name: str = "cpe_cnn",
     classes: tuple[str, ...] = CLASS_NAMES,
     extra_metadata: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> Path:
     """Write `version_dir` as a SavedModel with a normalising `serving_default` + metadata.json.
 
-    The directory is written under a temporary name and renamed, so a repository watcher never
-    sees a half-written version.
+    With `gate` (`training.qc.fit_mahalanobis` of the training features) the signature also
+    returns the QC outputs `training.qc.QC_OUTPUTS`, computed in the graph so every backend
+    applies the same gate. The directory is written under a temporary name and renamed, so a
+    repository watcher never sees a half-written version.
     """
     version_dir = Path(version_dir)
     _, height, width, channels = model.input_shape
     staging = version_dir.with_name(f".{version_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
 
-    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_KEY: model(normalize_intensity(image), training=False)}
+    if gate is None:
+        tracked = model
+
+        def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {OUTPUT_KEY: model(normalize_intensity(image), training=False)}
+    else:
+        from training.qc import ood_score, quality_measures
+
+        tracked = feature_model(model)
+        means = tf.constant(gate["means"], tf.float32)
+        precision = tf.constant(gate["precision"], tf.float32)
+
+        def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+            normalised = normalize_intensity(image)
+            features, probabilities = tracked(normalised, training=False)
+            return {
+                OUTPUT_KEY: probabilities,
+                "ood_score": ood_score(features, means, precision),
+                **quality_measures(image, normalised),
+            }
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(tracked)
     archive.add_endpoint(
         name=SIGNATURE_NAME,
         fn=serve,
@@ -90,6 +112,7 @@ def export_model(
             "units": "raw intensity (any bit depth); normalised inside the graph",
         },
         "output": {"tensor": OUTPUT_KEY},
+        "decision_threshold": 0.5,
         "preprocessing": {
             "version": PREPROCESSING_VERSION,
             "sha256": preprocessing_hash(),
@@ -102,6 +125,11 @@ def export_model(
     shutil.rmtree(version_dir, ignore_errors=True)
     staging.rename(version_dir)
     return version_dir
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """The same layers, returning (penultimate Dense(100) features, probabilities)."""
+    return keras.Model(model.inputs, [model.get_layer(PENULTIMATE).output, model.output])
 
 
 def write_warmup_requests(version_dir: Path, batch: Any, *, model_name: str = "cpe_cnn") -> Path:
@@ -122,3 +150,22 @@ def write_warmup_requests(version_dir: Path, batch: Any, *, model_name: str = "c
     with tf.io.TFRecordWriter(str(path)) as writer:
         writer.write(log.SerializeToString())
     return path
+
+
+def load_keras_model(version_dir: Path) -> keras.Model:
+    """The paper CNN with the weights of an exported version (matched by variable name)."""
+    model = build_model()
+    saved = tf.saved_model.load(str(version_dir))
+    by_name = {v.name.split(":")[0]: v for v in saved.variables}
+    for weight in model.weights:
+        weight.assign(by_name[weight.path].numpy())
+    return model
+
+
+def latest_version(model_root: Path) -> Path:
+    """The highest-numbered version directory holding a saved_model.pb."""
+    versions = [p for p in Path(model_root).iterdir()
+                if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    if not versions:
+        raise FileNotFoundError(f"no exported version under {model_root}")
+    return max(versions, key=lambda p: int(p.name))
