@@ -41,6 +41,23 @@ def test_quality_measures_separate_empty_blurred_and_monolayer_fields():
     assert m["saturated_fraction"][3] > 0.25 and m["saturated_fraction"][0] < 0.01
 
 
+def test_field_measures_tell_a_monolayer_from_a_half_empty_photo_like_field():
+    tf = pytest.importorskip("tensorflow")
+    from scipy import ndimage
+
+    from training.normalization import normalize_intensity
+
+    field, _ = synthetic.generate(2_000_003, synthetic.UNINFECTED, 0, 28, "halo")
+    field = field.astype(np.float32)
+    photo = ndimage.gaussian_filter(field, 4).astype(np.float32)  # smooth: no cell borders
+    photo[:, :680] = photo.mean()  # half the field is "sky"
+    batch = tf.constant(np.stack([field, photo])[..., None])
+    m = {k: v.numpy() for k, v in qc.field_measures(normalize_intensity(batch)).items()}
+    assert m["spectral_ratio"][1] < 0.5 * m["spectral_ratio"][0]
+    assert m["empty_tile_fraction"][0] < 0.05 and m["empty_tile_fraction"][1] >= 0.4
+    assert 0 <= m["bright_fraction"][0] < 0.05
+
+
 def test_calibrated_checks_flag_outliers_only():
     rng = np.random.default_rng(2)
     values = {k: rng.uniform(1.0, 2.0, 100) for k in qc.QC_OUTPUTS}

@@ -12,6 +12,11 @@ service needs no model-specific code:
 * `texture_score`: cell-scale band-pass contrast (difference of Gaussians, std / mean raw
   intensity): ~0 for an empty field, ~0.05-0.3 for a phase-contrast monolayer, large for
   fluorescence (dark background, bright objects).
+* `spectral_ratio`: band-pass energy at cell-border scale (DoG 1-2 px) over cell scale (DoG
+  3-6 px) of the 2x-binned normalised image; low for smooth natural photos and textures.
+* `empty_tile_fraction`: fraction of an 8 x 8 grid of tiles whose cell-scale band-pass energy
+  is below 0.2 x the median tile's; a monolayer fills the field, photos have sky and background.
+* `bright_fraction`: fraction of normalised pixels above 0.9 (large bright areas: paper, stains).
 
 Thresholds are measured on held-out in-distribution images (`calibrate_checks`).
 """
@@ -23,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-QC_OUTPUTS = ("ood_score", "focus_score", "saturated_fraction", "texture_score")
+QC_OUTPUTS = ("ood_score", "focus_score", "saturated_fraction", "texture_score",
+              "spectral_ratio", "empty_tile_fraction", "bright_fraction")
 #: (reason, output, direction): direction "above" flags high values, "below" low values.
 CHECKS = (
     ("out_of_distribution", "ood_score", "above"),
@@ -31,7 +37,11 @@ CHECKS = (
     ("saturated", "saturated_fraction", "above"),
     ("empty_field", "texture_score", "below"),
     ("not_phase_contrast", "texture_score", "above"),
+    ("not_a_monolayer", "spectral_ratio", "below"),
+    ("non_uniform_field", "empty_tile_fraction", "above"),
+    ("bright_regions", "bright_fraction", "above"),
 )
+_TILES = 8  # empty_tile_fraction: an 8 x 8 grid of tiles
 BIT_DEPTHS = (8, 12, 16)
 _SHRINKAGE = 0.05
 
@@ -81,6 +91,39 @@ def _blur(images, sigma: float):
     return tf.nn.conv2d(out, kx, 1, "VALID")
 
 
+def _blur_same(images, sigma: float):
+    """Separable Gaussian blur with reflected borders (same size, like scipy's default)."""
+    import tensorflow as tf
+
+    k = _gaussian_kernel(sigma)
+    r = len(k) // 2
+    padded = tf.pad(images, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
+    out = tf.nn.conv2d(padded, tf.constant(k.reshape(-1, 1, 1, 1)), 1, "VALID")
+    return tf.nn.conv2d(out, tf.constant(k.reshape(1, -1, 1, 1)), 1, "VALID")
+
+
+def field_measures(normalised) -> dict[str, Any]:
+    """In-graph spectral ratio, empty-tile and bright fractions of a normalised batch."""
+    import tensorflow as tf
+
+    b = tf.nn.avg_pool2d(normalised, 2, 2, "VALID")
+    blurred = {s: _blur_same(b, s) for s in (1.0, 1.5, 2.0, 3.0, 6.0)}
+    fine = tf.reduce_mean(tf.square(blurred[1.0] - blurred[2.0]), axis=[1, 2, 3])
+    cell = tf.reduce_mean(tf.square(blurred[3.0] - blurred[6.0]), axis=[1, 2, 3])
+    energy = tf.square(blurred[1.5] - blurred[6.0])
+    h, w = int(energy.shape[1]) // _TILES, int(energy.shape[2]) // _TILES
+    tiles = tf.nn.avg_pool2d(energy[:, : h * _TILES, : w * _TILES, :], [h, w], [h, w], "VALID")
+    tiles = tf.reshape(tiles, [-1, _TILES * _TILES])
+    ordered = tf.sort(tiles, axis=1)
+    median = 0.5 * (ordered[:, _TILES * _TILES // 2 - 1] + ordered[:, _TILES * _TILES // 2])
+    empty = tf.reduce_mean(tf.cast(tiles < 0.2 * median[:, None], tf.float32), axis=1)
+    return {
+        "spectral_ratio": fine / tf.maximum(cell, 1e-12),
+        "empty_tile_fraction": empty,
+        "bright_fraction": tf.reduce_mean(tf.cast(normalised > 0.9, tf.float32), axis=[1, 2, 3]),
+    }
+
+
 def quality_measures(raw, normalised) -> dict[str, Any]:
     """In-graph focus, saturation and texture measures of an (N, H, W, 1) batch."""
     import tensorflow as tf
@@ -102,7 +145,8 @@ def quality_measures(raw, normalised) -> dict[str, Any]:
     band = fine - coarse
     mean = tf.reduce_mean(raw, axis=[1, 2, 3])
     texture = tf.math.reduce_std(band, axis=[1, 2, 3]) / tf.maximum(mean, 1e-6)
-    return {"focus_score": focus, "saturated_fraction": saturated, "texture_score": texture}
+    return {"focus_score": focus, "saturated_fraction": saturated, "texture_score": texture,
+            **field_measures(normalised)}
 
 
 def calibrate_checks(

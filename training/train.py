@@ -110,13 +110,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None,
-                        help="also save the Keras weights and the gate here (re-export, finetune)")
+                        help="also save the Keras weights and the gate here (for --reexport)")
+    parser.add_argument("--reexport", action="store_true",
+                        help="skip training: re-export --out from the weights and gate in --keep, "
+                             "recalibrate the QC gate and re-evaluate (the training block is kept)")
     args = parser.parse_args(argv)
+    if args.reexport:
+        reexport(args)
+        return
     start = time.perf_counter()
 
     import keras
 
-    from training.evaluate import write_model_card
+    from training.card import write_model_card
     from training.model import build_model, export_model
     from training.recipe import fit, load_set, make_logger
 
@@ -195,6 +201,39 @@ def main(argv: list[str] | None = None) -> None:
         log(f"wrote {write_model_card(version_dir)}")
     except Exception as error:  # noqa: BLE001 - the model is already exported
         log(f"model card not written: {error!r}")
+
+
+def reexport(args: argparse.Namespace) -> None:
+    """Re-export a trained version with the current gate code (no retraining)."""
+    from training.card import write_model_card
+    from training.model import build_model, export_model
+    from training.recipe import make_logger
+
+    log = make_logger()
+    if args.keep is None:
+        raise SystemExit("--reexport needs --keep DIR (written by a training run with --keep)")
+    previous = json.loads((args.out / "metadata.json").read_text())
+    training_meta = previous["training"]
+    families = tuple(training_meta["families"])
+    model = build_model()
+    model.load_weights(args.keep / "model.weights.h5")
+    gate = dict(np.load(args.keep / "gate.npz"))
+    version_dir = export_model(model, args.out, gate=gate)
+    val_rows = synthetic.make_plan("validation", sum(training_meta["counts"]["validation"].values()),
+                                   families=families)
+    test_rows = synthetic.make_plan("test", sum(training_meta["counts"]["test"].values()),
+                                    families=families)
+    result = calibrate_and_evaluate(version_dir, val_rows, test_rows, args.processes, log)
+    evaluation = {**previous["evaluation"], **result["evaluation"]}
+    training_meta["reexported"] = "gate recalibrated with python -m training.train --reexport"
+    write_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
+    extra = version_dir / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    (extra / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    (extra / "package_images.json").write_text(json.dumps(result["package_images"], indent=2) + "\n")
+    synthetic.write_manifest(extra / "test_manifest.csv", result["test_records"],
+                             ("p_infected", "predicted", "qc", "ood_score"))
+    log(f"re-exported {version_dir}; wrote {write_model_card(version_dir)}")
 
 
 PENULTIMATE_NOTE = "class means + shrunk shared covariance of the last Dense(100) outputs"
