@@ -229,3 +229,17 @@ def test_v2_gate_reproduces_its_package_image_figures(metadata_v2):
     flagged = sum(s != "ok" for s in decided["status"])
     # Same pixels, same graph; allow one image sitting on a threshold (float round-off).
     assert abs(flagged - metadata_v2["qc"]["non_phase_contrast"]["flagged"]) <= 1
+
+
+def test_v2_ships_a_compact_warmup_request():
+    """TF Serving's warm-up file: a full-size request in bytes (one float_val fills the shape)."""
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = V2 / "assets.extra" / "tf_serving_warmup_requests"
+    assert path.stat().st_size < 10_000
+    (record,) = list(tf.data.TFRecordDataset(str(path)))
+    log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+    assert tf.make_ndarray(log.predict_log.request.inputs["image"]).shape == (1, 1024, 1360, 1)
+    size = sum(p.stat().st_size for p in V2.rglob("*") if p.is_file())
+    assert size <= 5 * 1024 * 1024

@@ -98,7 +98,9 @@ def _lofo_section() -> list[str]:
     return head + [
         f"Train on every family but one, test on the one left out ({s['train_count']} training "
         f"images, {s['epochs']} epochs per fold; folds done: {', '.join(done)}; "
-        f"`training/results/lofo.json`).", "", render_table(lofo)]
+        f"`training/results/lofo.json`).", "",
+        *([f"**{lofo['status']}.** {lofo['note']}", ""] if lofo.get("note") else []),
+        render_table(lofo)]
 
 
 def _seed_section() -> list[str]:
@@ -254,7 +256,10 @@ def render_model_card_v2(metadata: dict[str, Any]) -> str:
         f"validation loss), LSUV-style data-dependent initialisation, init seed {tr['init_seed']}; "
         f"augmentation: {tr['augmentation']}. OOD gate: {tr['gate_features']}. "
         f"TensorFlow {tr['tensorflow']}, Keras {tr['keras']}. Wall time of the whole run: "
-        f"{tr['wall_time_s'] / 60:.1f} min on 2 CPU cores shared with other jobs.",
+        f"{tr['wall_time_s'] / 60:.1f} min on 2 CPU cores shared with other jobs (target: "
+        "45 min).",
+        *(["", f"The gate of this export was recalibrated after training ({tr['reexported']}: "
+           "same weights, three more gate outputs)."] if tr.get("reexported") else []),
         "",
         "| Epoch | loss | accuracy | val loss | val accuracy |",
         "|---|---|---|---|---|",

@@ -39,6 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 DEFAULT_OUT = Path("model_repository/cpe_cnn/2")
 TRAIN_SEED = 20200501
 GATE_FEATURE_IMAGES = 600
+#: Compact warm-up request: one flat 12-bit-range field (shape, fill value).
+WARMUP_REQUEST = ((1, synthetic.HEIGHT, synthetic.WIDTH, 1), 1000.0)
 
 
 def gate_from_cache(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     write_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
     extra = version_dir / "assets.extra"
     extra.mkdir(exist_ok=True)
+    from training.model import write_warmup_requests
+
+    write_warmup_requests(version_dir, WARMUP_REQUEST)
     (extra / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     (extra / "package_images.json").write_text(json.dumps(result["package_images"], indent=2) + "\n")
     synthetic.write_manifest(extra / "test_manifest.csv", result["test_records"],
@@ -229,6 +234,9 @@ def reexport(args: argparse.Namespace) -> None:
     write_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
     extra = version_dir / "assets.extra"
     extra.mkdir(exist_ok=True)
+    from training.model import write_warmup_requests
+
+    write_warmup_requests(version_dir, WARMUP_REQUEST)
     (extra / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     (extra / "package_images.json").write_text(json.dumps(result["package_images"], indent=2) + "\n")
     synthetic.write_manifest(extra / "test_manifest.csv", result["test_records"],
