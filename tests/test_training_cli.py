@@ -144,8 +144,10 @@ def test_lofo_runs_and_writes_a_table(tmp_path):
     pytest.importorskip("tensorflow")
     from training import lofo
 
-    lofo.main(["--families", "v1,halo", "--train-count", "8", "--val-count", "4",
-               "--test-count", "4", "--epochs", "1", "--processes", "1", "--out", str(tmp_path)])
+    lofo.main(["--families", "v1,halo", "--hold-out", "halo", "--train-count", "8",
+               "--val-count", "4", "--test-count", "4", "--epochs", "1", "--processes", "1",
+               "--out", str(tmp_path)])
     result = json.loads((tmp_path / "lofo.json").read_text())
-    assert [f["held_out"] for f in result["folds"]] == ["v1", "halo"]
+    assert [f["held_out"] for f in result["folds"]] == ["halo"]
+    assert result["folds"][0]["train_families"] == ["v1"]
     assert "| halo | 4 |" in (tmp_path / "lofo.md").read_text()

@@ -83,7 +83,7 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(families: Sequence[str], *, train_count: int, val_count: int, test_count: int,
+def run(families: Sequence[str], *, hold_out: Sequence[str] | None = None, train_count: int, val_count: int, test_count: int,
         epochs: int, batch_size: int, learning_rate: float, processes: int, out: Path,
         log) -> dict[str, Any]:
     """Train and score every fold; write lofo.json + lofo.md after each fold (partial runs count)."""
@@ -101,6 +101,8 @@ def run(families: Sequence[str], *, train_count: int, val_count: int, test_count
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for fold in lofo_plan(families, train_count, val_count, test_count):
+        if hold_out and fold["held_out"] not in hold_out:
+            continue
         log(f"fold: hold out {fold['held_out']}")
         x, y, _ = load_set(fold["train"], processes, log, "train")
         xv, yv, _ = load_set(fold["validation"], processes, log, "validation")
@@ -124,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--families", default="all", help="comma-separated, or 'all'")
+    parser.add_argument("--hold-out", default=None,
+                        help="comma-separated families: run only these folds (default: all)")
     parser.add_argument("--train-count", type=int, default=600)
     parser.add_argument("--val-count", type=int, default=100)
     parser.add_argument("--test-count", type=int, default=150)
@@ -135,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from training.recipe import make_logger
 
     families = FAMILIES if args.families == "all" else tuple(args.families.split(","))
-    result = run(families, train_count=args.train_count, val_count=args.val_count,
+    hold_out = tuple(args.hold_out.split(",")) if args.hold_out else None
+    result = run(families, hold_out=hold_out, train_count=args.train_count, val_count=args.val_count,
                  test_count=args.test_count, epochs=args.epochs, batch_size=args.batch_size,
                  learning_rate=args.learning_rate, processes=args.processes, out=args.out,
                  log=make_logger())
