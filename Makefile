@@ -8,7 +8,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-dev run test train bench fuzz fuzz-api fuzz-decoders clean
+.PHONY: setup setup-dev run test train train-lofo bench fuzz fuzz-api fuzz-decoders clean
 
 # The service shares the client's well names (cpe_client.wells, stdlib only): the client package
 # is installed without its own dependencies (httpx, matplotlib) into the runtime.
@@ -34,8 +34,11 @@ run: setup  ## serve model_repository/ on $(HOST):$(PORT)
 test: setup-dev  ## the whole suite, as CI runs it
 	$(PY) -m pytest -q
 
-train: setup-dev  ## regenerate synthetic data, train and export model_repository/cpe_cnn/1
+train: setup-dev  ## regenerate synthetic data (generator v2), train, gate and export model_repository/cpe_cnn/2
 	$(PY) -m training.train
+
+train-lofo: setup-dev  ## leave-one-family-out validation of the recipe -> training/results/lofo.{json,md}
+	$(PY) -m training.lofo
 
 bench: setup-dev  ## side-by-side throughput/latency table (see README, Performance)
 	$(PY) -m bench.run

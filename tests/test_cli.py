@@ -11,7 +11,8 @@ from tests.models import export_tiny_model
 
 def test_the_committed_repository_passes(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["check", str(MODEL_REPOSITORY)]) == 0
-    assert "cpe_cnn/1  signature  ok: image 1024x1360x1" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the latest version, as the policy serves it
+    assert "cpe_cnn/2  signature  ok: image 1024x1360x1" in out and "qc gate    ok: 8 checks" in out
 
 
 def test_broken_versions_and_configs_fail(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

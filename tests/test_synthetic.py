@@ -73,7 +73,7 @@ def test_split_seed_ranges_are_disjoint():
 def test_plan_composition_and_hpi_consistency():
     rows = make_plan("train", 1200)
     kinds = {r["kind"] for r in rows}
-    assert kinds == set(KINDS)
+    assert kinds == set(synthetic.DEFAULT_MIX)  # generator 1.0's plan, kinds of v1
     for r in rows:
         assert (r["severity"] > 0) == (r["kind"] == INFLUENZA)
         assert r["label"] == synthetic.label_of(r["kind"])
@@ -159,3 +159,75 @@ def test_generation_is_fast_enough():
     for i in range(4):
         generate(3000 + i, KINDS[i % len(KINDS)], 2 if KINDS[i % len(KINDS)] == INFLUENZA else 0)
     assert (time.perf_counter() - start) / 4 < 1.0  # ~0.15 s on one core; loose for shared CI
+
+
+# --------------------------------------------------------------------------------------------
+# Generator v2: rendering families
+
+FAMILIES = synthetic.FAMILIES
+
+#: sha256 of generate(5, "influenza", 2, 28) under generator 1.0 (commit 2d6b567): the v1
+#: family must stay byte-identical.
+V1_SHA256 = "178a99ec7545d55be91b6affd34de6e7ebd3130d3978d1febdf7436bb417a332"
+
+
+def test_v1_family_is_generator_1_0():
+    """v1 is the default family, draws its seeds as 1.0 did, and records its family."""
+    a, rec = generate(2_000_001, INFLUENZA, 3, 40)
+    b, _ = generate(2_000_001, INFLUENZA, 3, 40, "v1")
+    assert np.array_equal(a, b) and rec["family"] == "v1"
+    import hashlib
+
+    digest = hashlib.sha256(generate(5, INFLUENZA, 2, 28)[0].tobytes()).hexdigest()
+    assert digest == V1_SHA256
+
+
+def test_every_family_renders_every_kind_deterministically():
+    assert len(FAMILIES) >= 4 and FAMILIES[0] == "v1"
+    for f, family in enumerate(FAMILIES):
+        kind = KINDS[f % len(KINDS)]
+        severity = 2 if kind == INFLUENZA else 0
+        a, rec = generate(123, kind, severity, 28, family)
+        b, _ = generate(123, kind, severity, 28, family)
+        assert np.array_equal(a, b) and rec["family"] == family
+        assert a.shape == (1024, 1360) and a.dtype in (np.uint8, np.uint16)
+        assert a.std() > 0.01 * a.mean()
+    with pytest.raises(ValueError):
+        generate(1, INFLUENZA, 2, 28, "watercolour")
+
+
+def test_families_differ_for_the_same_seed():
+    images = [generate(7, synthetic.UNINFECTED, 0, 28, f)[0] for f in FAMILIES]
+    for i in range(len(images)):
+        for j in range(i + 1, len(images)):
+            assert images[i].shape != images[j].shape or not np.array_equal(images[i], images[j])
+
+
+def test_border_polarity_varies_between_families():
+    """v1 draws dark borders; the halo family bright ones (the first renderer shortcut of #14)."""
+    from training.families import draw_style
+
+    rng = np.random.default_rng(0)
+    assert draw_style("v1", rng).border_amp < 0
+    assert all(draw_style("halo", rng).border_amp > 0 for _ in range(5))
+
+
+def test_v2_plan_deals_every_kind_to_every_family():
+    rows = make_plan("train", 600, families=FAMILIES)
+    assert len({r["seed"] for r in rows}) == 600
+    assert {synthetic.split_of_seed(r["seed"]) for r in rows} == {"train"}
+    for family in FAMILIES:
+        mine = [r for r in rows if r["family"] == family]
+        assert len(mine) == 600 // len(FAMILIES)
+        assert {r["kind"] for r in mine} == set(KINDS)
+    assert make_plan("train", 600, families=FAMILIES) == rows
+
+
+def test_v2_generation_is_fast_enough():
+    import time
+
+    start = time.perf_counter()
+    for i, family in enumerate(FAMILIES):
+        generate(4000 + i, INFLUENZA, 3, 40, family)
+    # ~0.14 s on an idle core; loose: CI and training share the two cores.
+    assert (time.perf_counter() - start) / len(FAMILIES) < 2.5

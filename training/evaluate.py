@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from service.models.metadata import METADATA_FILE
 from training import synthetic
 
 POSITIVE = synthetic.LABELS[1]
@@ -74,6 +75,21 @@ def compute_metrics(records: Sequence[dict[str, Any]], p_infected: Sequence[floa
         "specificity_clean_uninfected": _accuracy(correct, kind == synthetic.UNINFECTED),
     }
     return metrics
+
+
+def per_family_metrics(records: Sequence[dict[str, Any]], p_infected: Sequence[float]) -> dict[str, Any]:
+    """The headline figures of `compute_metrics` for each rendering family."""
+    p = np.asarray(p_infected, float)
+    out = {}
+    for family in dict.fromkeys(r.get("family", "v1") for r in records):
+        mask = np.array([r.get("family", "v1") == family for r in records])
+        sub = [r for r, m in zip(records, mask) if m]
+        m = compute_metrics(sub, p[mask])
+        out[family] = {k: m[k] for k in ("n_images", "accuracy", "errors", "sensitivity",
+                                          "specificity", "ece_10_bins")}
+        out[family]["severity_1"] = m["per_severity"]["1"]
+        out[family]["non_influenza_cpe"] = m["specificity_non_influenza_cpe"]
+    return out
 
 
 def wilson_upper_error(errors: int, n: int, z: float = 2.576) -> float:
@@ -320,7 +336,7 @@ def render_model_card(metadata: dict[str, Any]) -> str:
 def write_model_card(version_dir: Path) -> Path:
     """Render MODEL_CARD.md next to the version directory from its metadata.json."""
     version_dir = Path(version_dir)
-    metadata = json.loads((version_dir / "metadata.json").read_text())
+    metadata = json.loads((version_dir / METADATA_FILE).read_text())
     card = version_dir.parent / "MODEL_CARD.md"
     card.write_text(render_model_card(metadata))
     return card

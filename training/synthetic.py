@@ -50,14 +50,18 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-GENERATOR_VERSION = "1.0"
+from training.families import FAMILIES, V1, Style, draw_style
+
+GENERATOR_VERSION = "2.0"
+#: Seeds of the v1 family are derived as in generator 1.0, so its images stay byte-identical.
+_V1_SEED_VERSION = "1.0"
 
 HEIGHT, WIDTH = 1024, 1360
 _H2, _W2 = HEIGHT // 2, WIDTH // 2  # geometry is rendered at half resolution
 
 UNINFECTED = "uninfected"
 INFLUENZA = "influenza"
-HARD_NEGATIVE_KINDS = ("subconfluent", "mitotic", "debris", "trypsin")
+HARD_NEGATIVE_KINDS = ("subconfluent", "mitotic", "debris", "trypsin", "dense_patch", "mixed")
 NON_INFLUENZA_KINDS = ("syncytia", "grape_cluster")
 KINDS = (UNINFECTED, *HARD_NEGATIVE_KINDS, INFLUENZA, *NON_INFLUENZA_KINDS)
 LABELS = ("uninfected", "infected")
@@ -71,7 +75,7 @@ SPLIT_SIZE_LIMIT = 1_000_000
 MANIFEST_COLUMNS = (
     "plate", "well", "site", "hpi", "severity", "kind", "label", "seed", "generator_version",
 )
-_EXTRA_MANIFEST_COLUMNS = ("file", "bit_depth", "cpe_fraction")
+_EXTRA_MANIFEST_COLUMNS = ("family", "file", "bit_depth", "cpe_fraction")
 
 #: P(severity | hpi) for influenza: 16 h mostly grade 1-2, 28 h 2-3, 40 h 3-4.
 SEVERITY_GIVEN_HPI = {
@@ -103,6 +107,13 @@ DEFAULT_MIX = {
     "trypsin": 0.05,
     "syncytia": 0.05,
     "grape_cluster": 0.05,
+}
+#: Generator v2 sets: every hard negative and non-influenza CPE kind, half the wells influenza.
+MIX_V2 = {
+    INFLUENZA: 0.50,
+    UNINFECTED: 0.14,
+    **{kind: 0.04 for kind in HARD_NEGATIVE_KINDS},
+    **{kind: 0.06 for kind in NON_INFLUENZA_KINDS},
 }
 
 
@@ -238,7 +249,7 @@ def _poisson_disc_cluster(rng, center, n, radius, min_dist):
 # Scene
 
 
-def _influenza_states(rng, seeds_y, seeds_x, severity, hpi, spacing):
+def _influenza_states(rng, seeds_y, seeds_x, severity, hpi, spacing, style: Style):
     """Per-cell state and infection time for plaque-like foci of a given severity."""
     n_cells = seeds_y.size
     area = _H2 * _W2
@@ -261,7 +272,9 @@ def _influenza_states(rng, seeds_y, seeds_x, severity, hpi, spacing):
         # Irregular plaque outline: angular modulation of the radius.
         angle = np.arctan2(seeds_y - y, seeds_x - x)
         phase = rng.uniform(0, 2 * math.pi, 3)
-        wobble = 1 + 0.12 * (np.sin(2 * angle + phase[0]) + np.sin(3 * angle + phase[1]))
+        wobble = 1 + style.plaque_wobble * (np.sin(2 * angle + phase[0]) + np.sin(3 * angle + phase[1]))
+        if style.plaque_ragged:  # ragged rim: high angular harmonics
+            wobble = wobble + style.plaque_ragged * np.sin(9 * angle + phase[2])
         t = np.maximum(t, 1.0 - dist / (r * wobble))
     t = t + rng.normal(0, 0.08, n_cells) * (t > -0.3)
     # Rim width in units of t: about 1.2 cells of contraction, whatever the focus size.
@@ -269,57 +282,70 @@ def _influenza_states(rng, seeds_y, seeds_x, severity, hpi, spacing):
     state = np.full(n_cells, _NORMAL, np.int8)
     state[t > 0] = _CONTRACT
     state[t > rim] = _ROUND
-    detach = _DETACH_T[hpi]
+    detach = _DETACH_T[hpi] + style.detach_shift
     detached = (t > detach) & (rng.random(n_cells) > 0.25)  # some rounded cells stay attached
     state[detached] = _DETACHED
     return state, t
 
 
 def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: str,
-                  severity: int, hpi: int):
+                  severity: int, hpi: int, style: Style = Style()):
     """Relative-intensity scene at half resolution and its CPE area fraction.
 
     `rng` draws the healthy layer (shared by every kind for a given seed), `cpe_rng` what the
     kind adds, so the same seed gives the same monolayer with and without CPE.
     """
-    spacing = int(rng.integers(14, 20))  # 28-38 px at full resolution
-    regularity = rng.uniform(0.55, 0.8)
+    spacing = int(rng.integers(*style.spacing))  # v1: 28-38 px at full resolution
+    regularity = rng.uniform(*style.regularity)
     idx1, idx2, d1, border, seeds_y, seeds_x = _voronoi(rng, spacing, regularity)
     n_cells = seeds_y.size
     shape = (_H2, _W2)
 
     state = np.full(n_cells, _NORMAL, np.int8)
     gap = np.zeros(n_cells, np.float32)  # contraction gap (half-res px)
-    round_r = rng.uniform(2.6, 4.4, n_cells).astype(np.float32)  # influenza rounded body
+    round_r = rng.uniform(*style.round_radius, n_cells).astype(np.float32)  # influenza rounded body
     syncytium = np.full(n_cells, -1, np.int32)
     nuc_y = seeds_y + rng.normal(0, 0.12 * spacing, n_cells)
     nuc_x = seeds_x + rng.normal(0, 0.12 * spacing, n_cells)
-    tex = _smooth_noise(rng, shape, 1.2)
+    tex = _smooth_noise(rng, shape, style.texture_sigma)
     gran = rng.standard_normal(shape, dtype=np.float32)
-    offset = rng.normal(0, 0.035, n_cells).astype(np.float32)
-    substrate = 0.02 * _smooth_noise(rng, shape, 6.0)  # empty substrate: flat, smooth
+    offset = rng.normal(0, style.cell_offset_sd, n_cells).astype(np.float32)
+    substrate = style.substrate_amp * _smooth_noise(rng, shape, 6.0)  # empty substrate: flat, smooth
     nucleolus_jitter = rng.normal(0, 1.0, (2, n_cells))
     n_specks = int(rng.integers(5, 25))
     speck_ys = rng.uniform(0, _H2, n_specks)
     speck_xs = rng.uniform(0, _W2, n_specks)
-    speck_amp = rng.choice([-1.0, 1.0], n_specks) * rng.uniform(0.3, 0.8, n_specks)
+    speck_amp = rng.choice([-1.0, 1.0], n_specks) * rng.uniform(*style.debris_amp, n_specks)
     # A few mitotic cells occur in every healthy culture, whatever the label.
     n_mitotic = int(rng.integers(0, 4))
     rng = cpe_rng  # from here on: what the kind adds
     if kind == "mitotic":
         n_mitotic = int(rng.integers(10, 30))
-    if kind == "subconfluent":
+    if kind == "mixed":  # a bit of every benign look at once
+        n_mitotic = int(rng.integers(5, 15))
+    if kind in ("subconfluent", "mixed"):
         holes = _smooth_noise(rng, (24, 32), 2.0)
         hy = np.clip((seeds_y / _H2 * 24).astype(int), 0, 23)
         hx = np.clip((seeds_x / _W2 * 32).astype(int), 0, 31)
-        frac = rng.uniform(0.05, 0.25)
+        frac = rng.uniform(0.05, 0.25) if kind == "subconfluent" else rng.uniform(0.03, 0.12)
         values = holes[hy, hx]
         state[values > np.quantile(values, 1 - frac)] = _ABSENT
     if kind == "trypsin":
         state[:] = _CONTRACT
         gap[:] = rng.uniform(0.7, 1.4, n_cells)
+    if kind == "mixed":
+        mild = (state == _NORMAL) & (rng.random(n_cells) < rng.uniform(0.2, 0.6))
+        state[mild] = _CONTRACT
+        gap[mild] = rng.uniform(0.6, 1.1, int(mild.sum()))
+    if kind == "dense_patch":  # piled-up, brighter, more textured patches of small cells
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx = rng.uniform(0, _H2), rng.uniform(0, _W2)
+            inside = np.hypot(seeds_y - cy, seeds_x - cx) < spacing * rng.uniform(3.0, 7.0)
+            offset[inside] += rng.uniform(0.05, 0.14)
+            nuc_y[inside] = seeds_y[inside] + rng.normal(0, 0.3 * spacing, int(inside.sum()))
+            nuc_x[inside] = seeds_x[inside] + rng.normal(0, 0.3 * spacing, int(inside.sum()))
     if kind == INFLUENZA:
-        state, t = _influenza_states(rng, seeds_y, seeds_x, severity, hpi, spacing)
+        state, t = _influenza_states(rng, seeds_y, seeds_x, severity, hpi, spacing, style)
         # Contraction gap grows towards the focus centre.
         gap[:] = np.where(state == _CONTRACT, np.clip(1.0 + 6.0 * np.maximum(t, 0), 1.0, 3.5), 0.0)
     if kind == "syncytia":
@@ -354,7 +380,7 @@ def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: 
     g = gap[idx1]
     # Mitotic cells keep their footprint (cytoplasm, no nucleus) under the rounded cell.
     attached = (st == _NORMAL) | (st == _CONTRACT) | (st == _MITOTIC)
-    cyto = -0.10 + offset[idx1] + 0.05 * tex
+    cyto = style.cyto_level + offset[idx1] + style.texture_amp * tex
     in_syn = syn1 >= 0
     cyto = np.where(in_syn, -0.085 + 0.03 * tex, cyto)
     body = attached & (border >= g)
@@ -362,12 +388,12 @@ def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: 
     # Borders: dark line between attached cells, none inside a syncytium, bright edge next to
     # an empty neighbour or around a contraction gap.
     inner_syn = in_syn & (syn1 == syn2)
-    line_w = np.where(in_syn & ~inner_syn, 1.3, 0.85)
-    dark = -0.45 * np.exp(-((border / line_w) ** 2))
+    line_w = np.where(in_syn & ~inner_syn, 1.3, style.border_width)
+    dark = style.border_amp * np.exp(-((border / line_w) ** 2))
     empty_neighbour = (st2 == _ABSENT) | (st2 == _DETACHED)
     contracted = g > 0
     img += np.where(attached & ~inner_syn & ~contracted & ~empty_neighbour, dark, 0.0)
-    edge = 0.40 * np.exp(-(((border - g) / 0.75) ** 2))
+    edge = style.edge_amp * np.exp(-(((border - g) / 0.75) ** 2))
     img += np.where(attached & (contracted | empty_neighbour), edge, 0.0)
 
     # Nuclei (darker discs) and nucleoli (bright dots) of attached cells.
@@ -378,17 +404,18 @@ def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: 
     n1y = nuc_y + 0.2 * sigma_n * nucleolus_jitter[0]
     n1x = nuc_x + 0.2 * sigma_n * nucleolus_jitter[1]
     nucleoli = _splat(shape, n1y, n1x, weights, 0.7)
-    img += np.where(attached, -0.11 * nucleus + 0.22 * nucleoli, 0.0)
+    img += np.where(attached, style.nucleus_amp * nucleus + style.nucleolus_amp * nucleoli, 0.0)
 
     # Influenza: rounded, shrunken, granular cells with a bright halo, on empty substrate.
     rr = round_r[idx1]
     is_round = st == _ROUND
     inside = np.clip(rr + 0.5 - d1, 0.0, 1.0)
-    round_body = 0.10 + 0.22 * gran
+    round_body = style.round_body + style.round_granularity * gran
     img = np.where(is_round, img * (1 - inside) + inside * round_body, img)
     img += np.where(
         is_round,
-        0.95 * np.exp(-(((d1 - rr - 0.7) / 0.9) ** 2)) - 0.3 * np.exp(-(((d1 - rr + 0.8) / 0.7) ** 2)),
+        style.round_halo * np.exp(-(((d1 - rr - 0.7) / 0.9) ** 2))
+        + style.round_dark_rim * np.exp(-(((d1 - rr + 0.8) / 0.7) ** 2)),
         0.0,
     )
 
@@ -396,24 +423,24 @@ def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: 
     mit = np.flatnonzero(state == _MITOTIC)
     if mit.size:
         _draw_spheres(img, seeds_y[mit], seeds_x[mit], rng.uniform(4.8, 6.0, mit.size),
-                      body=0.35, halo=0.75, dark_rim=-0.15, glow=0.15)
+                      body=style.mitotic_body, halo=style.mitotic_halo, dark_rim=-0.15, glow=0.15)
 
     # Debris: small bright/dark specks in detached areas (influenza) or spread uniformly.
     debris_weight = np.zeros(shape, np.float32)
     ys, xs, amp = speck_ys, speck_xs, speck_amp
-    if kind == "debris":
-        n_extra = int(rng.integers(250, 700))
+    if kind in ("debris", "mixed"):
+        n_extra = int(rng.integers(250, 700)) if kind == "debris" else int(rng.integers(80, 250))
         ys = np.concatenate([ys, rng.uniform(0, _H2, n_extra)])
         xs = np.concatenate([xs, rng.uniform(0, _W2, n_extra)])
-        amp = np.concatenate([amp, rng.choice([-1.0, 1.0], n_extra) * rng.uniform(0.3, 0.8, n_extra)])
+        amp = np.concatenate([amp, rng.choice([-1.0, 1.0], n_extra) * rng.uniform(*style.debris_amp, n_extra)])
     if kind == INFLUENZA:
         det = np.flatnonzero((state == _DETACHED) | (state == _ROUND))
         if det.size:
-            per = int(rng.integers(2, 5))
+            per = int(rng.integers(*style.debris_per_cell))
             pick = np.repeat(det, per)
             ys = np.concatenate([ys, seeds_y[pick] + rng.normal(0, 0.45 * spacing, pick.size)])
             xs = np.concatenate([xs, seeds_x[pick] + rng.normal(0, 0.45 * spacing, pick.size)])
-            amp = np.concatenate([amp, rng.choice([-1.0, 1.0], pick.size) * rng.uniform(0.3, 0.8, pick.size)])
+            amp = np.concatenate([amp, rng.choice([-1.0, 1.0], pick.size) * rng.uniform(*style.debris_amp, pick.size)])
     debris_weight += _splat(shape, ys, xs, amp, 0.8)
     img += debris_weight
 
@@ -425,7 +452,8 @@ def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: 
             pts = _poisson_disc_cluster(rng, center, int(rng.integers(10, 26)),
                                         radius=rng.uniform(3.5, 5.0) * r, min_dist=1.85 * r)
             _draw_spheres(img, pts[:, 0], pts[:, 1], rng.uniform(0.85, 1.1, len(pts)) * r,
-                          body=-0.12, halo=0.6, dark_rim=-0.35, glow=0.30,
+                          body=style.grape_body, halo=style.grape_halo, dark_rim=-0.35,
+                          glow=style.grape_glow,
                           granular=tex, gain=0.03)
 
     # Area fraction of influenza CPE (contracted, rounded or detached cells).
@@ -440,15 +468,16 @@ def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: 
 # Optics, camera, file format
 
 
-def _to_pixels(rng: np.random.Generator, scene: NDArray[np.float32]):
+def _to_pixels(rng: np.random.Generator, scene: NDArray[np.float32], style: Style = Style()):
     """Label-independent nuisances: exposure, illumination, blur, noise, dust, bit depth."""
     # Equalise intensity statistics: scene mean/std -> targets drawn from the nuisance stream.
     z = (scene - scene.mean()) / (scene.std() + 1e-6)
-    exposure = rng.uniform(0.22, 0.55)  # mean signal as a fraction of full scale
-    contrast = rng.uniform(0.10, 0.18)
+    exposure = rng.uniform(*style.exposure)  # mean signal as a fraction of full scale
+    contrast = rng.uniform(*style.contrast)
     z = np.repeat(np.repeat(z, 2, axis=0), 2, axis=1)
     # Optics: PSF + occasional defocus.
-    defocus = float(rng.choice([0.0, rng.uniform(0.3, 2.2)], p=[0.5, 0.5]))
+    defocus = float(rng.choice([0.0, rng.uniform(*style.defocus)],
+                               p=[1 - style.defocus_p, style.defocus_p]))
     z = ndimage.gaussian_filter(z, 0.9 + defocus, truncate=3.0)
     # Dust on optics: faint blurred rings and dark specks (before illumination shading).
     for _ in range(int(rng.integers(0, 5))):
@@ -457,17 +486,21 @@ def _to_pixels(rng: np.random.Generator, scene: NDArray[np.float32]):
     # Illumination: linear gradient and vignetting.
     y = np.linspace(-1, 1, HEIGHT, dtype=np.float32)[:, None]
     x = np.linspace(-1, 1, WIDTH, dtype=np.float32)[None, :]
-    gy, gx = rng.uniform(-0.12, 0.12, 2)
-    vignette = rng.uniform(0.0, 0.25)
+    gy, gx = rng.uniform(-style.gradient, style.gradient, 2)
+    vignette = rng.uniform(0.0, style.vignette)
     cy, cx = rng.uniform(-0.3, 0.3, 2)
     shading = 1.0 + gy * y + gx * x - vignette * 0.5 * ((y - cy) ** 2 + (x - cx) ** 2)
     signal *= shading
+    if style.gamma != 1.0:  # camera / display gamma, applied about the exposure level
+        signal = exposure * (np.maximum(signal, 0.0) / exposure) ** np.float32(style.gamma)
     # Camera: shot noise (Gaussian approximation of Poisson) + read noise.
-    full_well = rng.uniform(3_000.0, 30_000.0)  # electrons at full scale
-    read = rng.uniform(0.001, 0.006)
+    full_well = rng.uniform(*style.full_well)  # electrons at full scale
+    read = rng.uniform(*style.read_noise)
     sd = np.sqrt(np.maximum(signal, 0.0) / full_well + read * read)
     signal += sd * rng.standard_normal(signal.shape, dtype=np.float32)
-    bit_depth = int(rng.choice(BIT_DEPTHS, p=[0.4, 0.35, 0.25]))
+    if style.row_noise:  # line-wise offset noise of CMOS sensors
+        signal += (style.row_noise * exposure) * rng.standard_normal((HEIGHT, 1), dtype=np.float32)
+    bit_depth = int(rng.choice(BIT_DEPTHS, p=list(style.bit_depth_p)))
     top = (1 << bit_depth) - 1
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     pixels = np.clip(np.rint(signal * top), 0, top).astype(dtype)
@@ -507,27 +540,39 @@ def generate(
     kind: str,
     severity: int = 0,
     hpi: int | None = None,
+    family: str = V1,
 ) -> tuple[NDArray[np.uint8] | NDArray[np.uint16], dict[str, Any]]:
-    """One (1024, 1360) image and its record; deterministic in (seed, kind, severity, hpi).
+    """One (1024, 1360) image and its record; deterministic in (seed, family, kind, severity, hpi).
 
     `severity` must be 1-4 for `influenza` and 0 otherwise. `hpi` defaults to a value drawn
     consistently with the severity (for influenza) or uniformly (mock-infected wells).
+    `family` picks the rendering family (`training.families`); `v1` reproduces generator 1.0
+    byte for byte.
     """
     label = label_of(kind)
     if kind == INFLUENZA and severity not in (1, 2, 3, 4):
         raise ValueError("influenza images need severity 1-4")
     if kind != INFLUENZA and severity != 0:
         raise ValueError(f"{kind} images have severity 0")
-    seq = np.random.SeedSequence([int(seed), 0x5EED, int(GENERATOR_VERSION.replace(".", ""))])
-    scene_seq, nuisance_seq, meta_seq, cpe_seq = seq.spawn(4)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if family == V1:
+        seq = np.random.SeedSequence([int(seed), 0x5EED, int(_V1_SEED_VERSION.replace(".", ""))])
+        scene_seq, nuisance_seq, meta_seq, cpe_seq = seq.spawn(4)
+        style = draw_style(V1, np.random.default_rng(0))
+    else:
+        version = int(GENERATOR_VERSION.replace(".", ""))
+        seq = np.random.SeedSequence([int(seed), 0x5EED, version, FAMILIES.index(family)])
+        scene_seq, nuisance_seq, meta_seq, cpe_seq, style_seq = seq.spawn(5)
+        style = draw_style(family, np.random.default_rng(style_seq))
     if hpi is None:
         hpi = _draw_hpi(np.random.default_rng(meta_seq), severity)
     if hpi not in HPI_VALUES:
         raise ValueError(f"hpi must be one of {HPI_VALUES}")
     scene, cpe_fraction = _render_scene(
-        np.random.default_rng(scene_seq), np.random.default_rng(cpe_seq), kind, severity, hpi
+        np.random.default_rng(scene_seq), np.random.default_rng(cpe_seq), kind, severity, hpi, style
     )
-    pixels, nuisance = _to_pixels(np.random.default_rng(nuisance_seq), scene)
+    pixels, nuisance = _to_pixels(np.random.default_rng(nuisance_seq), scene, style)
     record = {
         "hpi": int(hpi),
         "severity": int(severity),
@@ -535,6 +580,7 @@ def generate(
         "label": label,
         "seed": int(seed),
         "generator_version": GENERATOR_VERSION,
+        "family": family,
         "cpe_fraction": round(cpe_fraction, 4),
         **nuisance,
     }
@@ -553,12 +599,21 @@ def well_name(index: int) -> str:
     return f"{_ROWS[(index // _COLS) % len(_ROWS)]}{index % _COLS + 1:02d}"
 
 
-def make_plan(split: str, count: int, mix: dict[str, float] | None = None) -> list[dict[str, Any]]:
-    """The rows (plate, well, site, kind, severity, hpi, seed) of a deterministic set.
+def make_plan(
+    split: str,
+    count: int,
+    mix: dict[str, float] | None = None,
+    families: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows (plate, well, site, family, kind, severity, hpi, seed) of a deterministic set.
 
     Kind and hpi are per well (3 sites per well); influenza severity is drawn per site from
-    P(severity | hpi). Seeds are SPLIT_SEED_BASE[split] + row index.
+    P(severity | hpi). Seeds are SPLIT_SEED_BASE[split] + row index. Without `families` this
+    is generator 1.0's plan (v1 family, DEFAULT_MIX); with them, wells are dealt to the
+    families in turn (so each family gets every kind) and the mix defaults to MIX_V2.
     """
+    if families is not None:
+        return _make_plan_v2(split, count, mix, tuple(families))
     if split not in SPLIT_SEED_BASE:
         raise ValueError(f"split must be one of {tuple(SPLIT_SEED_BASE)}")
     if not 0 < count <= SPLIT_SIZE_LIMIT:
@@ -596,13 +651,48 @@ def make_plan(split: str, count: int, mix: dict[str, float] | None = None) -> li
             "label": label_of(kind),
             "seed": base + i,
             "generator_version": GENERATOR_VERSION,
+            "family": V1,
         })
     return rows
 
 
+def _make_plan_v2(split: str, count: int, mix: dict[str, float] | None,
+                  families: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per family, a v1-style plan of its share of the wells; rows interleaved by well."""
+    unknown = set(families) - set(FAMILIES)
+    if unknown or not families:
+        raise ValueError(f"families must be a non-empty subset of {FAMILIES}")
+    mix = dict(MIX_V2 if mix is None else mix)
+    per_family = [count // len(families) + (i < count % len(families)) for i in range(len(families))]
+    plans = []
+    for index, (family, n) in enumerate(zip(families, per_family)):
+        rows = make_plan(split, n, mix) if n else []
+        for row in rows:
+            row["family"] = family
+        plans.append(rows)
+    # Seeds: unique across the set (family index interleaved), inside the split's range.
+    out = []
+    while any(plans):
+        for rows in plans:
+            if rows:
+                out.extend(rows[:_SITES_PER_WELL])
+                del rows[:_SITES_PER_WELL]
+    base = SPLIT_SEED_BASE[split]
+    for i, row in enumerate(out):
+        w, site = divmod(i, _SITES_PER_WELL)
+        row.update({
+            "plate": f"{split.upper()}-P{w // 96 + 1:02d}",
+            "well": well_name(w % 96),
+            "site": site + 1,
+            "seed": base + i,
+        })
+    return out
+
+
 def generate_row(row: dict[str, Any]):
     """Generate the image of one plan row (picklable, for multiprocessing)."""
-    pixels, record = generate(row["seed"], row["kind"], row["severity"], row["hpi"])
+    pixels, record = generate(row["seed"], row["kind"], row["severity"], row["hpi"],
+                              row.get("family", V1))
     return pixels, {**row, **record}
 
 
@@ -642,11 +732,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--split", choices=tuple(SPLIT_SEED_BASE), default="test")
     parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--families", default="v1",
+                        help=f"comma-separated subset of {','.join(FAMILIES)}, or 'all'")
     args = parser.parse_args(argv)
     import tifffile
 
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = make_plan(args.split, args.count)
+    families = FAMILIES if args.families == "all" else tuple(args.families.split(","))
+    rows = make_plan(args.split, args.count) if families == (V1,) else make_plan(
+        args.split, args.count, families=families)
     records = []
     start = time.perf_counter()
     for pixels, record in iter_set(rows, args.processes):

@@ -1,21 +1,20 @@
-"""`make train`: regenerate the synthetic data, train the paper CNN, evaluate, export.
+"""`make train`: regenerate the synthetic data (generator v2, every family), train, gate, export.
 
-    python -m training.train            # writes model_repository/cpe_cnn/1
+    python -m training.train            # writes model_repository/cpe_cnn/2
 
-Steps (all deterministic from fixed seeds; ~25-30 min on 2 CPU cores):
+Steps (deterministic from fixed seeds; see MODEL_CARD.md for the wall time):
 
 1. Generate the training (seeds 0..), validation (1_000_000..) and test (2_000_000..) sets with
-   `training.synthetic` (2 processes).
-2. Each image goes through `service.preprocessing.prepare` (the preprocessing shared with
-   serving: raw intensities, float32, 1024x1360x1) and `training.normalization.
-   normalize_intensity` (the function the exported signature runs in-graph). Normalised images
-   are cached in memory as float16.
-3. Train `training.model.build_model()` with Adam at a fixed batch size; keep the epoch with
-   the lowest validation loss; fit a softmax temperature on the validation set and fold it into
-   the last Dense layer (the architecture is unchanged).
-4. Evaluate on the held-out test seeds and export with `training.model.export_model`, the
-   metrics in metadata.json's "evaluation" block; the test manifest (with predictions) and
-   the metrics go to `<version>/assets.extra/`.
+   `training.synthetic`, wells dealt in turn to every rendering family (`training.families`).
+2. Prepare (`service.preprocessing.prepare`) and normalise (`training.normalization`, the
+   function the signature runs in-graph) into a float16 cache.
+3. Train the paper CNN with `training.recipe.fit` (LSUV init, warm-up + cosine LR,
+   flips/noise augmentation, best validation epoch, temperature folded into the last layer).
+4. Fit the OOD gate (class means + shared covariance of the last Dense(100) features of the
+   training set) and export with the gate's outputs in the signature.
+5. Run the *exported* signature on validation (QC thresholds), test (per-family figures,
+   in-distribution flag rate) and the package-shipped non-phase-contrast images (rejection
+   rate); write metadata.json, assets.extra/ and MODEL_CARD.md.
 
 TensorFlow is imported lazily so spawned data-generation workers stay light.
 """
@@ -33,230 +32,233 @@ from typing import Any
 import numpy as np
 
 from training import synthetic
-from training.evaluate import compute_metrics, write_model_card
+from training.families import FAMILIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_OUT = Path("model_repository/cpe_cnn/1")
+DEFAULT_OUT = Path("model_repository/cpe_cnn/2")
 TRAIN_SEED = 20200501
+GATE_FEATURE_IMAGES = 600
+#: Compact warm-up request: one flat 12-bit-range field (shape, fill value).
+WARMUP_REQUEST = ((1, synthetic.HEIGHT, synthetic.WIDTH, 1), 1000.0)
 
 
-def _log(message: str, start: float) -> None:
-    print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
+def gate_from_cache(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Mahalanobis gate fitted on (up to GATE_FEATURE_IMAGES) training images' features."""
+    from training.model import feature_model
+    from training.qc import fit_mahalanobis
+    from training.recipe import predict
+
+    pick = np.sort(np.random.default_rng(TRAIN_SEED).permutation(len(x))[:GATE_FEATURE_IMAGES])
+    features = predict(feature_model(model), x[pick], batch_size, outputs="features")
+    return fit_mahalanobis(features, y[pick])
 
 
-def load_set(rows, processes: int, start: float, name: str, batch: int = 8):
-    """Generate, prepare and normalise a set: (x float16 (N,H,W,1), y int (N,), records)."""
-    import tensorflow as tf
+def calibrate_and_evaluate(version_dir: Path, val_rows, test_rows, processes: int, log) -> dict[str, Any]:
+    """Exported signature on validation, test and package images -> qc block, evaluation."""
+    from training.evaluate import compute_metrics, per_family_metrics
+    from training.package_images import load_package_images
+    from training.qc import QC_OUTPUTS, apply_checks, calibrate_checks, qc_block
+    from training.signature import load_signature, run_images, run_rows
 
-    from service.preprocessing import prepare
-    from training.normalization import normalize_intensity
-
-    h, w = synthetic.HEIGHT, synthetic.WIDTH
-    x = np.empty((len(rows), h, w, 1), np.float16)
-    records: list[dict[str, Any]] = []
-    buffer: list[np.ndarray] = []
-    for i, (pixels, record) in enumerate(synthetic.iter_set(rows, processes)):
-        buffer.append(prepare(pixels, h, w, 1))
-        records.append(record)
-        if len(buffer) == batch or i == len(rows) - 1:
-            normalised = normalize_intensity(tf.constant(np.stack(buffer))).numpy()
-            x[i + 1 - len(buffer) : i + 1] = normalised.astype(np.float16)
-            buffer = []
-        if (i + 1) % 200 == 0 or i == len(rows) - 1:
-            _log(f"{name}: {i + 1}/{len(rows)} images", start)
-    y = np.array([synthetic.LABELS.index(r["label"]) for r in records], np.int32)
-    return x, y, records
-
-
-def predict(model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax outputs, always at the training batch size (last batch padded)."""
-    out = []
-    for s in range(0, len(x), batch_size):
-        chunk = x[s : s + batch_size].astype(np.float32)
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)])
-        out.append(model(chunk, training=False).numpy()[:n])
-    return np.concatenate(out)
-
-
-def _nll(p1: np.ndarray, y: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(np.where(y == 1, p1, 1 - p1), 1e-7, 1.0))))
-
-
-def fit_temperature(p1: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising validation NLL of softmax(logits / T) (grid, T in [0.5, 4])."""
-    logit = np.log(np.clip(p1, 1e-7, 1)) - np.log(np.clip(1 - p1, 1e-7, 1))
-    grid = np.exp(np.linspace(np.log(0.5), np.log(4.0), 61))
-    losses = [_nll(1 / (1 + np.exp(-logit / t)), y) for t in grid]
-    return float(grid[int(np.argmin(losses))])
-
-
-def data_dependent_init(model, x_batch: np.ndarray) -> None:
-    """LSUV-style rescaling of the initial weights (architecture unchanged).
-
-    With Glorot init the conv features reaching the sigmoid head are tiny and nearly constant,
-    and training sits on the chance plateau for hundreds of steps. Scale each conv kernel so
-    its ReLU output has unit RMS on a batch, then each dense layer so its pre-activations have
-    unit spread and zero mean per unit (sigmoids start in their sensitive range).
-    """
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            probe = keras.Model(model.inputs, layer.output)
-            rms = float(np.sqrt(np.mean(np.square(probe(x_batch, training=False).numpy()))))
-            kernel, bias = layer.get_weights()
-            layer.set_weights([kernel / max(rms, 1e-6), np.zeros_like(bias)])
-        elif isinstance(layer, keras.layers.Dense) and layer.name != "probabilities":
-            probe = keras.Model(model.inputs, layer.input)
-            inputs = probe(x_batch, training=False).numpy()
-            kernel, bias = layer.get_weights()
-            pre = inputs @ kernel
-            kernel = kernel / max(float(pre.std()), 1e-6)
-            layer.set_weights([kernel, -(inputs @ kernel).mean(axis=0)])
+    serve = load_signature(version_dir)
+    val_out, _ = run_rows(serve, val_rows, processes)
+    checks = calibrate_checks({k: val_out[k] for k in QC_OUTPUTS})
+    log(f"qc checks from {len(val_rows)} validation images: {checks}")
+    test_out, test_records = run_rows(serve, test_rows, processes)
+    p_test = test_out["probabilities"][:, 1]
+    test_gate = apply_checks(checks, test_out)
+    flagged = np.array([s != "ok" for s in test_gate["status"]])
+    names, images = load_package_images(synthetic.HEIGHT, synthetic.WIDTH)
+    pkg_out = run_images(serve, images) if len(names) else {}
+    pkg_gate = apply_checks(checks, pkg_out) if len(names) else {"status": [], "reasons": []}
+    pkg = {
+        "n": len(names),
+        "flagged": int(sum(s != "ok" for s in pkg_gate["status"])),
+        "rejected": int(sum(s == "reject" for s in pkg_gate["status"])),
+        "images": [
+            {"name": n, "status": s, "reasons": r, "p_infected": round(float(p), 5),
+             **{k: float(f"{float(pkg_out[k][i]):.5g}") for k in QC_OUTPUTS}}
+            for i, (n, s, r, p) in enumerate(zip(names, pkg_gate["status"], pkg_gate["reasons"],
+                                                 pkg_out.get("probabilities", np.zeros((0, 2)))[:, 1]))
+        ],
+    }
+    log(f"package images: {pkg['flagged']}/{pkg['n']} flagged, {pkg['rejected']} rejected")
+    evaluation = compute_metrics(test_records, p_test)
+    evaluation["per_family"] = per_family_metrics(test_records, p_test)
+    evaluation["qc_flagged"] = {"n": len(flagged), "flagged": int(flagged.sum()),
+                                "rate": round(float(flagged.mean()), 4)}
+    qc = qc_block(checks, float(flagged.mean()), len(flagged),
+                  {k: v for k, v in pkg.items() if k != "images"})
+    for record, p, status, reasons, i in zip(test_records, p_test, test_gate["status"],
+                                             test_gate["reasons"], range(len(p_test))):
+        record["p_infected"] = round(float(p), 5)
+        record["predicted"] = synthetic.LABELS[int(p >= 0.5)]
+        record["qc"] = status if not reasons else f"{status}:{'+'.join(reasons)}"
+        record["ood_score"] = round(float(test_out["ood_score"][i]), 3)
+    return {"evaluation": evaluation, "qc": qc, "package_images": pkg, "test_records": test_records}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--train-count", type=int, default=800)
-    parser.add_argument("--val-count", type=int, default=96)
-    parser.add_argument("--test-count", type=int, default=400)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--families", default="all", help="comma-separated, or 'all'")
+    parser.add_argument("--train-count", type=int, default=1200)
+    parser.add_argument("--val-count", type=int, default=200)
+    parser.add_argument("--test-count", type=int, default=500)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="also save the Keras weights and the gate here (for --reexport)")
+    parser.add_argument("--reexport", action="store_true",
+                        help="skip training: re-export --out from the weights and gate in --keep, "
+                             "recalibrate the QC gate and re-evaluate (the training block is kept)")
     args = parser.parse_args(argv)
+    if args.reexport:
+        reexport(args)
+        return
     start = time.perf_counter()
 
     import keras
 
+    from training.card import write_model_card
     from training.model import build_model, export_model
+    from training.recipe import fit, load_set, make_logger
 
-    train_rows = synthetic.make_plan("train", args.train_count)
-    val_rows = synthetic.make_plan("validation", args.val_count)
-    test_rows = synthetic.make_plan("test", args.test_count)
-    x_train, y_train, _ = load_set(train_rows, args.processes, start, "train")
-    x_val, y_val, _ = load_set(val_rows, args.processes, start, "validation")
+    log = make_logger(start)
+    families = FAMILIES if args.families == "all" else tuple(args.families.split(","))
+    train_rows = synthetic.make_plan("train", args.train_count, families=families)
+    val_rows = synthetic.make_plan("validation", args.val_count, families=families)
+    test_rows = synthetic.make_plan("test", args.test_count, families=families)
+    x_train, y_train, _ = load_set(train_rows, args.processes, log, "train")
+    x_val, y_val, _ = load_set(val_rows, args.processes, log, "validation")
 
-    bs = args.batch_size
-
-    class Batches(keras.utils.PyDataset):
-        """Shuffled fixed-size batches from the float16 cache (remainder dropped)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.rng = np.random.default_rng(TRAIN_SEED)
-            self.order = self.rng.permutation(len(x_train))
-
-        def __len__(self) -> int:
-            return len(x_train) // bs
-
-        def __getitem__(self, i: int):
-            idx = np.sort(self.order[i * bs : (i + 1) * bs])
-            return x_train[idx].astype(np.float32), y_train[idx]
-
-        def on_epoch_end(self) -> None:
-            self.order = self.rng.permutation(len(x_train))
-
-    model = build_model(seed=TRAIN_SEED % 2**31)
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    batches = Batches()
-    init_idx = np.random.default_rng(TRAIN_SEED).choice(len(x_train), bs, replace=False)
-    data_dependent_init(model, x_train[np.sort(init_idx)].astype(np.float32))
-    best = (np.inf, None, -1)
-    history = []
-    for epoch in range(1, args.epochs + 1):
-        fit = model.fit(batches, epochs=1, verbose=2)
-        p_val = predict(model, x_val, bs)[:, 1]
-        val_loss = _nll(p_val, y_val)
-        val_acc = float(((p_val >= 0.5) == (y_val == 1)).mean())
-        history.append({
-            "epoch": epoch,
-            "loss": round(float(fit.history["loss"][0]), 4),
-            "accuracy": round(float(fit.history["accuracy"][0]), 4),
-            "val_loss": round(val_loss, 4),
-            "val_accuracy": round(val_acc, 4),
-        })
-        _log(f"epoch {epoch}/{args.epochs}: {history[-1]}", start)
-        if val_loss < best[0]:
-            best = (val_loss, model.get_weights(), epoch)
-    model.set_weights(best[1])
-    _log(f"kept epoch {best[2]} (val_loss {best[0]:.4f})", start)
-
-    # Temperature scaling folded into the last layer: softmax(Wx+b)/T == softmax((W/T)x + b/T).
-    p_val = predict(model, x_val, bs)[:, 1]
-    temperature = fit_temperature(p_val, y_val)
-    last = model.get_layer("probabilities")
-    kernel, bias = last.get_weights()
-    last.set_weights([kernel / temperature, bias / temperature])
-    p_val_t = predict(model, x_val, bs)[:, 1]
-    _log(f"temperature {temperature:.3f}: val NLL {_nll(p_val, y_val):.4f} -> {_nll(p_val_t, y_val):.4f}", start)
-    del x_train
-
-    x_test, _, test_records = load_set(test_rows, args.processes, start, "test")
-    p_test = predict(model, x_test, bs)[:, 1]
-    del x_test
-    evaluation = compute_metrics(test_records, p_test)
+    model = build_model(seed=args.seed % 2**31)
+    recipe = fit(model, x_train, y_train, x_val, y_val, epochs=args.epochs,
+                 batch_size=args.batch_size, learning_rate=args.learning_rate,
+                 seed=args.seed, log=log)
+    gate = gate_from_cache(model, x_train, y_train, args.batch_size)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        model.save_weights(args.keep / "model.weights.h5")
+        np.savez(args.keep / "gate.npz", **gate)
+    del x_train, x_val
+    version_dir = export_model(model, args.out, gate=gate)
+    log(f"exported {version_dir}; running the exported signature")
+    result = calibrate_and_evaluate(version_dir, val_rows, test_rows, args.processes, log)
+    evaluation = result["evaluation"]
     evaluation.update({
         "split": "test",
         "seeds": [test_rows[0]["seed"], test_rows[-1]["seed"]],
         "generator_version": synthetic.GENERATOR_VERSION,
+        "families": list(families),
         "decision_threshold": 0.5,
         "note": "synthetic images only; says nothing about real MDCK images",
     })
-    _log(f"test: accuracy {evaluation['accuracy']}, ECE {evaluation['ece_10_bins']}, "
-         f"errors {evaluation['errors']}/{evaluation['n_images']}", start)
+    log(f"test: accuracy {evaluation['accuracy']}, ECE {evaluation['ece_10_bins']}, "
+        f"errors {evaluation['errors']}/{evaluation['n_images']}")
 
-    wall = time.perf_counter() - start
+    def counts(rows):
+        return {f: dict(Counter(r["kind"] for r in rows if r["family"] == f)) for f in families}
+
     training_meta = {
-        "data": "synthetic (training.synthetic)",
+        "data": "synthetic (training.synthetic, generator v2 rendering families)",
         "generator_version": synthetic.GENERATOR_VERSION,
+        "families": list(families),
         "counts": {
             "train": dict(Counter(r["kind"] for r in train_rows)),
             "validation": dict(Counter(r["kind"] for r in val_rows)),
             "test": dict(Counter(r["kind"] for r in test_rows)),
         },
+        "counts_per_family": {"train": counts(train_rows), "test": counts(test_rows)},
         "seed_ranges": {
             "train": [train_rows[0]["seed"], train_rows[-1]["seed"]],
             "validation": [val_rows[0]["seed"], val_rows[-1]["seed"]],
             "test": [test_rows[0]["seed"], test_rows[-1]["seed"]],
         },
         "epochs": args.epochs,
-        "selected_epoch": best[2],
-        "batch_size": bs,
-        "optimizer": f"Adam(learning_rate={args.learning_rate})",
+        "batch_size": args.batch_size,
+        "optimizer": f"Adam(peak learning_rate={args.learning_rate})",
         "loss": "sparse categorical cross-entropy",
-        "temperature": round(temperature, 4),
-        "init_seed": TRAIN_SEED,
-        "history": history,
-        "wall_time_s": round(wall, 1),
+        "init_seed": args.seed,
+        **recipe,
+        "gate_features": f"{PENULTIMATE_NOTE} of {min(GATE_FEATURE_IMAGES, len(train_rows))} training images",
+        "wall_time_s": round(time.perf_counter() - start, 1),
         "command": "python -m training.train",
         "tensorflow": __import__("tensorflow").__version__,
         "keras": keras.__version__,
     }
-    version_dir = export_model(
-        model, args.out, extra_metadata={"training": training_meta, "evaluation": evaluation}
-    )
+    write_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
     extra = version_dir / "assets.extra"
     extra.mkdir(exist_ok=True)
+    from training.model import write_warmup_requests
+
+    write_warmup_requests(version_dir, WARMUP_REQUEST)
     (extra / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    for record, p in zip(test_records, p_test):
-        record["p_infected"] = round(float(p), 5)
-        record["predicted"] = synthetic.LABELS[int(p >= 0.5)]
-    synthetic.write_manifest(extra / "test_manifest.csv", test_records, ("p_infected", "predicted"))
-    _log(f"exported {version_dir} (total {time.perf_counter() - start:.0f} s)", start)
+    (extra / "package_images.json").write_text(json.dumps(result["package_images"], indent=2) + "\n")
+    synthetic.write_manifest(extra / "test_manifest.csv", result["test_records"],
+                             ("p_infected", "predicted", "qc", "ood_score"))
+    log(f"wrote {version_dir} (total {time.perf_counter() - start:.0f} s)")
     try:  # the card is rendered from metadata.json, so card and model cannot drift apart
-        card = write_model_card(version_dir)
-        _log(f"wrote {card}", start)
+        log(f"wrote {write_model_card(version_dir)}")
     except Exception as error:  # noqa: BLE001 - the model is already exported
-        _log(f"model card not written: {error!r}", start)
+        log(f"model card not written: {error!r}")
+
+
+def reexport(args: argparse.Namespace) -> None:
+    """Re-export a trained version with the current gate code (no retraining)."""
+    from training.card import write_model_card
+    from training.model import build_model, export_model
+    from training.recipe import make_logger
+
+    log = make_logger()
+    if args.keep is None:
+        raise SystemExit("--reexport needs --keep DIR (written by a training run with --keep)")
+    previous = json.loads((args.out / "metadata.json").read_text())
+    training_meta = previous["training"]
+    families = tuple(training_meta["families"])
+    model = build_model()
+    model.load_weights(args.keep / "model.weights.h5")
+    gate = dict(np.load(args.keep / "gate.npz"))
+    version_dir = export_model(model, args.out, gate=gate)
+    val_rows = synthetic.make_plan("validation", sum(training_meta["counts"]["validation"].values()),
+                                   families=families)
+    test_rows = synthetic.make_plan("test", sum(training_meta["counts"]["test"].values()),
+                                    families=families)
+    result = calibrate_and_evaluate(version_dir, val_rows, test_rows, args.processes, log)
+    evaluation = {**previous["evaluation"], **result["evaluation"]}
+    training_meta["reexported"] = "gate recalibrated with python -m training.train --reexport"
+    write_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
+    extra = version_dir / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    from training.model import write_warmup_requests
+
+    write_warmup_requests(version_dir, WARMUP_REQUEST)
+    (extra / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    (extra / "package_images.json").write_text(json.dumps(result["package_images"], indent=2) + "\n")
+    synthetic.write_manifest(extra / "test_manifest.csv", result["test_records"],
+                             ("p_infected", "predicted", "qc", "ood_score"))
+    log(f"re-exported {version_dir}; wrote {write_model_card(version_dir)}")
+
+
+PENULTIMATE_NOTE = "class means + shrunk shared covariance of the last Dense(100) outputs"
+
+
+def write_metadata(version_dir: Path, **blocks: Any) -> dict[str, Any]:
+    """Merge blocks into metadata.json (decision_threshold stays top-level for the service)."""
+    path = Path(version_dir) / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata.update(blocks)
+    if "evaluation" in blocks:
+        metadata["decision_threshold"] = blocks["evaluation"].get("decision_threshold", 0.5)
+    from training.qc import QC_OUTPUTS
+
+    metadata["outputs"] = ["probabilities", *QC_OUTPUTS]
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata
 
 
 if __name__ == "__main__":
