@@ -119,20 +119,22 @@ class StandInServer(
         """TF Serving's --enable_batching, with deploy/tfserving/batching_parameters.txt's values
         (max 8, 5 ms, padded to 1/2/4/8): requests from every client merge into one call."""
         [input_key] = servable.signature_defs[signature_name].inputs
-        [output_key] = servable.signature_defs[signature_name].outputs
         key = (servable.name, signature_name)
         with self._lock:
             if key not in self._batchers:
                 function = servable.loaded.signatures[signature_name]
                 self._batchers[key] = MicroBatcher(
-                    lambda rows: function(**{input_key: tf.constant(rows)})[output_key].numpy(),
+                    # Every output of the signature, row-aligned (the batcher splits dicts of them).
+                    lambda rows: {name: value.numpy() for name, value in function(**{input_key: tf.constant(rows)}).items()},
                     max_batch_size=8, max_batch_delay_s=0.005, max_queue_size=64, pad_batches=True,
                     on_batch=lambda report: self.batch_sizes.append(report.size),
                     name=f"standin-{servable.name}",
                 )
         rows = tf.make_ndarray(request.inputs[input_key]).astype(np.float32)
         try:
-            return {output_key: self._batchers[key].submit(rows).future.result(timeout=60)}
+            outputs = self._batchers[key].submit(rows).future.result(timeout=60)
+            assert isinstance(outputs, dict)
+            return outputs
         except ServiceError as err:  # queue full: TF Serving's max_enqueued_batches answer
             context.abort(grpc.StatusCode.UNAVAILABLE, err.message)
             raise  # unreachable: abort raises
