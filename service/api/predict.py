@@ -110,8 +110,7 @@ CSV_COLUMNS = (
 
 def _csv_response(result: InferenceResult, uploads: list[Upload]) -> Response:
     info = result.info
-    positive = info.metadata.positive_class or result.class_names[-1]
-    column = result.class_names.index(positive) if positive in result.class_names else -1
+    column = result.positive_column
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from service.errors import InvalidInput
 from service.models.metadata import VersionMetadata
 from service.models.repository import ModelVersion
@@ -41,6 +44,22 @@ class ModelInfo:
     def class_names(self, width: int) -> tuple[str, ...]:
         """The model's class names, or class_0.. when its metadata names none (or too few)."""
         return self.classes if len(self.classes) == width else tuple(f"class_{i}" for i in range(width))
+
+    def decide(self, probabilities: NDArray[np.float32]) -> tuple[tuple[str, ...], NDArray[np.intp], int]:
+        """Class names, each row's call (a column) and the positive class's column.
+
+        With a `decision_threshold` and a named positive class of two, the positive class is
+        called at or above the threshold; otherwise the most probable class wins. The positive
+        column is the named positive class, else the last class.
+        """
+        names = self.class_names(probabilities.shape[1])
+        positive = self.metadata.positive_class
+        column = names.index(positive) if positive in names else len(names) - 1
+        best = np.argmax(probabilities, axis=1)
+        threshold = self.metadata.decision_threshold
+        if threshold is not None and positive in names and len(names) == 2:
+            best = np.where(probabilities[:, column] >= threshold, column, 1 - column)
+        return names, best, column
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for status routes and logs."""
