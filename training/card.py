@@ -13,7 +13,6 @@ from typing import Any
 
 from service.models.metadata import METADATA_FILE
 from training import synthetic
-from training.evaluate import _PAPER, _pct, _row
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAMILY_NOTES = {
@@ -25,6 +24,22 @@ FAMILY_NOTES = {
               "smooth rims and debris; frequent defocus, strong illumination gradients, 16-bit",
     "faint": "faint thin borders of either polarity, low contrast, gamma 0.55-1.7, row noise, 12-bit",
 }
+_PAPER = (
+    "Wang R, Zuo P, Cai L, Wang Y, Zeng J, et al. (2020) *Differentiation of cytopathic effects "
+    "induced by influenza virus infection using deep Convolutional Neural Networks (CNN).* "
+    "PLoS Comput Biol 16(5): e1007883."
+)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _row(name: str, block: dict[str, Any]) -> str:
+    return f"| {name} | {block['n']} | {block['correct']} | {_pct(block['accuracy'])} |"
+
+
+
 TARGETS = {
     "family_accuracy": 0.99, "lofo_accuracy": 0.95, "severity_1": 0.90,
     "non_influenza_in_family": 1.0, "non_influenza_lofo": 0.95, "ece": 0.03, "flag_rate": 0.01,

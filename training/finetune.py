@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from training.qc import QC_OUTPUTS, apply_checks, calibrate_checks, fit_mahalanobis, qc_block
     from training.recipe import fit, load_set, make_logger, predict
     from training.signature import load_signature, run_images, run_rows
-    from training.train import write_metadata
+    from training.train import update_metadata
 
     log = make_logger()
     start = time.perf_counter()
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p_val = lab_out["probabilities"][:, 1]
     accuracy = float(((p_val >= 0.5) == (labels[val_idx] == 1)).mean())
     base_meta = json.loads((Path(base) / METADATA_FILE).read_text())
-    write_metadata(
+    update_metadata(
         version_dir,
         qc=qc_block(checks, float(flagged.mean()), len(flagged), base_meta.get("qc", {}).get("non_phase_contrast", {})),
         finetune={

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from service.models.metadata import METADATA_FILE, VersionMetadata, write_metadata
 from training import synthetic
 from training.families import FAMILIES
 
@@ -191,16 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         "tensorflow": __import__("tensorflow").__version__,
         "keras": keras.__version__,
     }
-    write_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
-    extra = version_dir / "assets.extra"
-    extra.mkdir(exist_ok=True)
-    from training.model import write_warmup_requests
-
-    write_warmup_requests(version_dir, WARMUP_REQUEST)
-    (extra / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
-    (extra / "package_images.json").write_text(json.dumps(result["package_images"], indent=2) + "\n")
-    synthetic.write_manifest(extra / "test_manifest.csv", result["test_records"],
-                             ("p_infected", "predicted", "qc", "ood_score"))
+    write_results(version_dir, training_meta, evaluation, result)
     log(f"wrote {version_dir} (total {time.perf_counter() - start:.0f} s)")
     try:  # the card is rendered from metadata.json, so card and model cannot drift apart
         log(f"wrote {write_model_card(version_dir)}")
@@ -217,7 +209,7 @@ def reexport(args: argparse.Namespace) -> None:
     log = make_logger()
     if args.keep is None:
         raise SystemExit("--reexport needs --keep DIR (written by a training run with --keep)")
-    previous = json.loads((args.out / "metadata.json").read_text())
+    previous = json.loads((args.out / METADATA_FILE).read_text())
     training_meta = previous["training"]
     families = tuple(training_meta["families"])
     model = build_model()
@@ -231,33 +223,40 @@ def reexport(args: argparse.Namespace) -> None:
     result = calibrate_and_evaluate(version_dir, val_rows, test_rows, args.processes, log)
     evaluation = {**previous["evaluation"], **result["evaluation"]}
     training_meta["reexported"] = "gate recalibrated with python -m training.train --reexport"
-    write_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
-    extra = version_dir / "assets.extra"
-    extra.mkdir(exist_ok=True)
+    write_results(version_dir, training_meta, evaluation, result)
+    log(f"re-exported {version_dir}; wrote {write_model_card(version_dir)}")
+
+
+def write_results(version_dir: Path, training_meta: dict[str, Any], evaluation: dict[str, Any],
+                  result: dict[str, Any]) -> None:
+    """metadata.json's training/evaluation/qc blocks and assets.extra/ (warm-up request, the
+    evaluation, the package-image gate figures, the per-image test manifest)."""
     from training.model import write_warmup_requests
 
+    update_metadata(version_dir, training=training_meta, evaluation=evaluation, qc=result["qc"])
+    extra = version_dir / "assets.extra"
+    extra.mkdir(exist_ok=True)
     write_warmup_requests(version_dir, WARMUP_REQUEST)
     (extra / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     (extra / "package_images.json").write_text(json.dumps(result["package_images"], indent=2) + "\n")
     synthetic.write_manifest(extra / "test_manifest.csv", result["test_records"],
                              ("p_infected", "predicted", "qc", "ood_score"))
-    log(f"re-exported {version_dir}; wrote {write_model_card(version_dir)}")
 
 
 PENULTIMATE_NOTE = "class means + shrunk shared covariance of the last Dense(100) outputs"
 
 
-def write_metadata(version_dir: Path, **blocks: Any) -> dict[str, Any]:
-    """Merge blocks into metadata.json (decision_threshold stays top-level for the service)."""
-    path = Path(version_dir) / "metadata.json"
-    metadata = json.loads(path.read_text())
-    metadata.update(blocks)
-    if "evaluation" in blocks:
-        metadata["decision_threshold"] = blocks["evaluation"].get("decision_threshold", 0.5)
+def update_metadata(version_dir: Path, **blocks: Any) -> dict[str, Any]:
+    """Merge blocks into metadata.json (decision_threshold stays top-level for the service),
+    validated by the service's own VersionMetadata (its qc block included) before it is written."""
     from training.qc import QC_OUTPUTS
 
+    path = Path(version_dir) / METADATA_FILE
+    metadata = {**json.loads(path.read_text()), **blocks}
+    if "evaluation" in blocks:
+        metadata["decision_threshold"] = blocks["evaluation"].get("decision_threshold", 0.5)
     metadata["outputs"] = ["probabilities", *QC_OUTPUTS]
-    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    write_metadata(version_dir, VersionMetadata.model_validate(metadata))
     return metadata
 
 

@@ -115,9 +115,10 @@ def read_metadata(version_dir: Path) -> VersionMetadata:
 
 
 def write_metadata(version_dir: Path, metadata: VersionMetadata) -> Path:
-    """Write metadata.json (training's export); validated by the same model the service reads."""
+    """Write metadata.json (training's export); validated by the same model the service reads.
+    Only what was given is written (an explicit null included): nothing is added or lost."""
     path = Path(version_dir) / METADATA_FILE
-    path.write_text(json.dumps(metadata.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
+    path.write_text(json.dumps(metadata.model_dump(mode="json", exclude_unset=True), indent=2) + "\n")
     return path
 
 
