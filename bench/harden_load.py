@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.loadgen import build_requests
+from bench.loadgen import arrivals, build_requests
 
 
 class Conn:
@@ -145,16 +145,8 @@ async def drive(args: argparse.Namespace, bodies: list[bytes]) -> dict[str, obje
             await one(conn, raw, scheduled)
             idle.append(conn)
 
-        scheduled, index = t0, 0
-        while True:
-            scheduled += rng.expovariate(args.rate)
-            if scheduled >= t_end:
-                break
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for index, scheduled in arrivals(rng, args.rate, t0, t_end):
             task = asyncio.ensure_future(arrival(requests[index % len(requests)], scheduled))
-            index += 1
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         live = [t for t in tasks if not t.done()]

@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +226,22 @@ async def closed_loop(args: argparse.Namespace, requests: list[bytes], run: Run,
     await asyncio.gather(*(client(i) for i in range(args.concurrency)))
 
 
+async def arrivals(rng: random.Random, rate: float, start: float, end: float,
+                   poisson: bool = True) -> AsyncIterator[tuple[int, float]]:
+    """Open-loop arrivals: (index, scheduled time) at `rate` per second between `start` and
+    `end` (perf_counter), each yielded once its time has come, whatever the server does."""
+    scheduled, index = start, 0
+    while True:
+        scheduled += rng.expovariate(rate) if poisson else 1.0 / rate
+        if scheduled >= end:
+            return
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield index, scheduled
+        index += 1
+
+
 async def open_loop(args: argparse.Namespace, requests: list[bytes], run: Run, t_start: float,
                     t_measure_end: float) -> None:
     rng = random.Random(args.seed)
@@ -236,18 +253,8 @@ async def open_loop(args: argparse.Namespace, requests: list[bytes], run: Run, t
         await _one(conn, raw, scheduled, run)
         idle.append(conn)
 
-    scheduled = t_start
-    index = 0
-    while True:
-        gap = rng.expovariate(args.rate) if args.arrivals == "poisson" else 1.0 / args.rate
-        scheduled += gap
-        if scheduled >= t_measure_end:
-            break
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async for index, scheduled in arrivals(rng, args.rate, t_start, t_measure_end, args.arrivals == "poisson"):
         task = asyncio.ensure_future(arrival(requests[index % len(requests)], scheduled))
-        index += 1
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     # Every arrival of the window is waited for (bounded): slow answers must not be censored.
