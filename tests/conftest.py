@@ -30,6 +30,16 @@ def tiff_bytes(pixels: np.ndarray, **kwargs: object) -> bytes:
     return buffer.getvalue()
 
 
+def serve_committed_model(**settings: object) -> Iterator[Flask]:
+    """The committed model repository served in-process (no warm-up, no reloading), for a
+    module-scoped fixture to `yield from`."""
+    app = create_app(Settings(warmup=False, repository_poll_interval_s=0, **settings))  # type: ignore[arg-type]
+    manager = app.extensions["serving"]
+    assert manager.wait_ready(120), manager.not_ready_reason()
+    yield app
+    manager.close()
+
+
 @pytest.fixture
 def settings() -> Settings:
     return Settings(model_name="fake", max_batch_delay_ms=2, request_timeout_s=5, warmup=False)

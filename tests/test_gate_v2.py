@@ -10,18 +10,14 @@ import pytest
 import tifffile
 from flask import Flask
 
-from service import create_app
-from service.config import Settings
+from tests.conftest import serve_committed_model
 from tests.test_codecs import _package_file
 from training import synthetic
 
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[Flask]:
-    app = create_app(Settings(model_version=2, warmup=False, repository_poll_interval_s=0))
-    assert app.extensions["serving"].wait_ready(120), app.extensions["serving"].not_ready_reason()
-    yield app
-    app.extensions["serving"].close()
+    yield from serve_committed_model(model_version=2)
 
 
 def _post(app: Flask, data: bytes, content_type: str, qc: str) -> dict:  # type: ignore[type-arg]

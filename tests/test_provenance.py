@@ -12,19 +12,14 @@ import pytest
 from flask import Flask
 from tensorflow.core.protobuf import fingerprint_pb2
 
-from service import create_app
-from service.config import Settings
-from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, tiff_bytes
+from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, serve_committed_model, tiff_bytes
 
 VERSION_DIR = MODEL_REPOSITORY / "cpe_cnn" / "1"
 
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[Flask]:
-    app = create_app(Settings(model_version=1, warmup=False, repository_poll_interval_s=0))
-    assert app.extensions["serving"].wait_ready(120), app.extensions["serving"].not_ready_reason()
-    yield app
-    app.extensions["serving"].close()
+    yield from serve_committed_model(model_version=1)
 
 
 def test_predict_answers_carry_provenance_recomputable_from_the_files(app: Flask) -> None:

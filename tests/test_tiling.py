@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from flask import Flask
 
-from service import create_app
-from service.config import Settings
 from service.tiling import plan
-from tests.conftest import tiff_bytes
+from tests.conftest import serve_committed_model, tiff_bytes
 from training import synthetic
 
 TILE_H, TILE_W = 1024, 1360
@@ -54,12 +52,9 @@ def _montage(infected_at: int | None) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[Flask]:
-    app = create_app(Settings(model_version=1, warmup=False, repository_poll_interval_s=0, tile_overlap=0.0,
-                              max_image_pixels=120_000_000, max_decoded_image_bytes=768 << 20, decode_budget_bytes=1 << 30,
-                              max_body_bytes=256 << 20, request_timeout_s=600))
-    assert app.extensions["serving"].wait_ready(120)
-    yield app
-    app.extensions["serving"].close()
+    yield from serve_committed_model(
+        model_version=1, tile_overlap=0.0, max_image_pixels=120_000_000, max_decoded_image_bytes=768 << 20,
+        decode_budget_bytes=1 << 30, max_body_bytes=256 << 20, request_timeout_s=600)
 
 
 def test_a_small_focus_that_resizing_misses_is_found_by_tiling(app: Flask) -> None:

@@ -123,6 +123,16 @@ def tile_bomb() -> bytes:
     return build_tiff([tile_page(16, 16, 4096, [8], [len(tile)], compression=8)], tile)
 
 
+def jpeg_declaring(height: int, width: int) -> bytes:
+    """A 16x16 JPEG whose frame header (SOF0) is patched to declare height x width."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16)).save(buffer, format="JPEG")
+    jpeg = bytearray(buffer.getvalue())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(jpeg)
+
+
 def tile_bomb_declared() -> bytes:
     """A 16x16 image declaring one 65536x65536 tile: tifffile would allocate 4 GiB up front."""
     tile = zlib.compress(bytes(4096), 9)
@@ -131,12 +141,8 @@ def tile_bomb_declared() -> bytes:
 
 def jpeg_tile_bomb() -> bytes:
     """A 16x16 JPEG-compressed tile whose own frame header declares 30000x30000."""
-    buffer = io.BytesIO()
-    Image.new("L", (16, 16)).save(buffer, format="JPEG")
-    jpeg = bytearray(buffer.getvalue())
-    sof = jpeg.index(b"\xff\xc0")
-    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)
-    return build_tiff([tile_page(16, 16, 16, [8], [len(jpeg)], compression=7)], bytes(jpeg))
+    jpeg = jpeg_declaring(30000, 30000)
+    return build_tiff([tile_page(16, 16, 16, [8], [len(jpeg)], compression=7)], jpeg)
 
 
 def jpeg_scan_bomb() -> bytes:
@@ -186,12 +192,7 @@ def png_huge_header() -> bytes:
 
 def jpeg_huge_header() -> bytes:
     """A small JPEG whose frame header is patched to 65000x65000."""
-    buffer = io.BytesIO()
-    Image.new("L", (16, 16)).save(buffer, format="JPEG")
-    jpeg = bytearray(buffer.getvalue())
-    sof = jpeg.index(b"\xff\xc0")
-    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 65000, 65000)
-    return bytes(jpeg)
+    return jpeg_declaring(65000, 65000)
 
 
 def truncated(build: Callable[[], bytes], keep: float) -> Callable[[], bytes]:
