@@ -26,3 +26,10 @@ def export_tiny_model(
         rng = np.random.default_rng(seed)
         write_warmup_requests(version_dir, rng.uniform(0, 4095, (1, height, width, channels)), model_name=name)
     return version_dir
+
+
+def export_flat_model(repository: Path, name: str = "flat", *, height: int = 32, width: int = 40) -> Path:
+    """A model with no convolution (Flatten -> softmax): exported without an explain signature."""
+    inputs = keras.Input(shape=(height, width, 1), name=INPUT_KEY)
+    outputs = keras.layers.Dense(2, activation="softmax", name=OUTPUT_KEY)(keras.layers.Flatten()(inputs))
+    return export_model(keras.Model(inputs, outputs), Path(repository) / name / "1", model_name=name)

@@ -137,11 +137,13 @@ def _servable(version: int, settings: Settings, backend: FakeBackend | None = No
 
 
 def test_servable_warms_every_batch_size_then_serves_and_drains_on_unload() -> None:
-    backend = FakeBackend()
+    backend = FakeBackend(delay_s=0.01)  # a fixed cost per call: batching pays, the maximum is kept
     settings = _settings(warmup=True, max_batch_size=4, max_queue_size=64, max_images_per_request=64)
     servable = _servable(1, settings, backend)
     assert servable.state is ServableState.AVAILABLE and servable.warmup_source == "synthetic"
-    assert backend.batch_sizes == [1, 2, 3, 4, 1, 1, 4, 4]  # every shape, then the cost curve
+    # Powers of two timed (a compiling call, then best of two), then the other shapes once.
+    assert backend.batch_sizes == [1, 1, 1, 2, 2, 2, 4, 4, 4, 3]
+    assert servable.batch_size == 4 and servable.batcher is not None and servable.batcher.max_batch_size == 4
     backend.gate = threading.Event()
     rows = np.full((2, FAKE_HEIGHT, FAKE_WIDTH, 1), 123.0, np.float32)
     with servable.reserve(2) as reservation:
@@ -160,6 +162,26 @@ def test_servable_warms_every_batch_size_then_serves_and_drains_on_unload() -> N
     np.testing.assert_allclose(results[0], expected_probabilities(rows))
     with pytest.raises(ModelNotReady):
         servable.reserve(1)
+
+
+class PerImageCost(FakeBackend):
+    """A model whose cost per image is flat in the batch size (the paper CNN on a CPU)."""
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.005 * len(batch))
+        return super().predict(batch)
+
+
+def test_a_flat_cost_per_image_batches_at_one_and_stops_timing_early() -> None:
+    backend = PerImageCost()
+    servable = _servable(1, _settings(warmup=True, max_batch_size=8, max_queue_size=64,
+                                      max_images_per_request=64), backend)
+    assert servable.batch_size == 1 and servable.batcher is not None and servable.batcher.max_batch_size == 1
+    assert backend.batch_sizes == [1, 1, 1, 2, 2, 2]  # batch 2 cost as much per image: no 4 or 8
+    assert "ms per image" in servable.describe()["batching"]["batch_size_chosen_by"]
+    fixed = _servable(2, _settings(warmup=True, max_batch_size=8, auto_batch_size=False, max_queue_size=64,
+                                   max_images_per_request=64), PerImageCost())
+    assert fixed.batch_size == 8
 
 
 def test_routing_pinned_labelled_newest_and_refusals() -> None:

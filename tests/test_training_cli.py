@@ -140,14 +140,25 @@ def test_lofo_plan_holds_each_family_out():
         assert len(fold["test"]) == 12
 
 
-def test_lofo_runs_and_writes_a_table(tmp_path):
+def test_lofo_runs_merges_and_writes_a_table(tmp_path):
     pytest.importorskip("tensorflow")
     from training import lofo
 
-    lofo.main(["--families", "v1,halo", "--hold-out", "halo", "--train-count", "8",
-               "--val-count", "4", "--test-count", "4", "--epochs", "1", "--processes", "1",
-               "--out", str(tmp_path)])
+    tiny = ["--families", "v1,halo", "--train-count", "8", "--val-count", "4", "--test-count", "4",
+            "--processes", "1", "--out", str(tmp_path)]
+    lofo.main(["--hold-out", "halo", "--epochs", "1", *tiny])
     result = json.loads((tmp_path / "lofo.json").read_text())
     assert [f["held_out"] for f in result["folds"]] == ["halo"]
     assert result["folds"][0]["train_families"] == ["v1"]
+    assert result["status"] == "partial: 1 of 2 folds"
     assert "| halo | 4 |" in (tmp_path / "lofo.md").read_text()
+    # The other fold, run later with the same settings, joins the table; the first fold stays.
+    lofo.main(["--hold-out", "v1", "--merge", "--epochs", "1", *tiny])
+    merged = json.loads((tmp_path / "lofo.json").read_text())
+    assert [f["held_out"] for f in merged["folds"]] == ["v1", "halo"]
+    assert merged["folds"][1] == result["folds"][0] and merged["status"] == "complete: 2 of 2 folds"
+    assert all(f["settings"]["epochs"] == 1 and "--hold-out" in f["command"] for f in merged["folds"])
+    # Other settings are refused before any training, and the file is left as it was.
+    with pytest.raises(SystemExit, match="refusing to merge"):
+        lofo.main(["--hold-out", "v1", "--merge", "--epochs", "2", *tiny])
+    assert json.loads((tmp_path / "lofo.json").read_text()) == merged

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from service.models.metadata import VersionMetadata, write_metadata
 from service.preprocessing import PREPROCESSING_VERSION, preprocessing_hash
+from training.gradcam import EXPLAIN_SIGNATURE, cam_geometry, make_explain
 from training.normalization import HIGH_PERCENTILE, LOW_PERCENTILE, normalize_intensity
 
 INPUT_HEIGHT = 1024
@@ -56,7 +57,8 @@ def export_model(
 
     With `gate` (`training.qc.fit_mahalanobis` of the training features) the signature also
     returns the QC outputs `training.qc.QC_OUTPUTS`, computed in the graph so every backend
-    applies the same gate. The directory is written under a temporary name and renamed, so a
+    applies the same gate. A second signature, `explain`, answers the Grad-CAM map of the
+    positive class (`training.gradcam`). The directory is written under a temporary name and renamed, so a
     repository watcher never sees a half-written version.
     """
     version_dir = Path(version_dir)
@@ -94,6 +96,17 @@ def export_model(
             tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_KEY)
         ],
     )
+    # Grad-CAM of the positive class, in the graph (training.gradcam): every backend can explain.
+    explain = make_explain(model, len(classes) - 1, OUTPUT_KEY)
+    geometry = cam_geometry(model) if explain is not None else None
+    if explain is not None:
+        archive.add_endpoint(
+            name=EXPLAIN_SIGNATURE,
+            fn=explain,
+            input_signature=[
+                tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_KEY)
+            ],
+        )
     archive.write_out(str(staging), verbose=False)
 
     metadata: dict[str, Any] = {
@@ -118,6 +131,7 @@ def export_model(
             "normalization": f"per-image percentile {LOW_PERCENTILE}-{HIGH_PERCENTILE} in graph",
         },
         "parameters": int(model.count_params()),
+        **({"explain": geometry} if geometry is not None else {}),
     }
     metadata.update(extra_metadata or {})
     # Validated by the same typed model the service reads it with: train and serve cannot drift.

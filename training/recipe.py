@@ -11,6 +11,7 @@ is kept and a softmax temperature fitted on validation is folded into the last l
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,22 @@ def make_logger(start: float | None = None) -> Log:
         print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
 
     return log
+
+
+def add_reduced_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data and optimiser flags shared by the reduced runs (`training.lofo`, `training.seeds`).
+
+    The defaults are the reduced settings of the committed training/results/ files, so the
+    bare commands reproduce them (and a LOFO merge with them is accepted).
+    """
+    parser.add_argument("--families", default="all", help="comma-separated, or 'all'")
+    parser.add_argument("--train-count", type=int, default=600)
+    parser.add_argument("--val-count", type=int, default=60)
+    parser.add_argument("--test-count", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--processes", type=int, default=2)
 
 
 def load_set(rows: Sequence[dict[str, Any]], processes: int, log: Log, name: str, batch: int = 8):

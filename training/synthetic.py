@@ -290,7 +290,7 @@ def _influenza_states(rng, seeds_y, seeds_x, severity, hpi, spacing, style: Styl
 
 def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: str,
                   severity: int, hpi: int, style: Style = Style()):
-    """Relative-intensity scene at half resolution and its CPE area fraction.
+    """Relative-intensity scene at half resolution and its CPE mask (same resolution).
 
     `rng` draws the healthy layer (shared by every kind for a given seed), `cpe_rng` what the
     kind adds, so the same seed gives the same monolayer with and without CPE.
@@ -456,12 +456,12 @@ def _render_scene(rng: np.random.Generator, cpe_rng: np.random.Generator, kind: 
                           glow=style.grape_glow,
                           granular=tex, gain=0.03)
 
-    # Area fraction of influenza CPE (contracted, rounded or detached cells).
+    # Where influenza CPE is (contracted, rounded or detached cells); its mean is the area fraction.
     if kind == INFLUENZA:
-        cpe = ((st == _CONTRACT) | (st == _ROUND) | (st == _DETACHED)).mean()
+        cpe = (st == _CONTRACT) | (st == _ROUND) | (st == _DETACHED)
     else:
-        cpe = 0.0
-    return img.astype(np.float32), float(cpe)
+        cpe = np.zeros(shape, dtype=bool)
+    return img.astype(np.float32), cpe
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,6 +549,19 @@ def generate(
     `family` picks the rendering family (`training.families`); `v1` reproduces generator 1.0
     byte for byte.
     """
+    pixels, record, _ = generate_with_mask(seed, kind, severity, hpi, family)
+    return pixels, record
+
+
+def generate_with_mask(
+    seed: int,
+    kind: str,
+    severity: int = 0,
+    hpi: int | None = None,
+    family: str = V1,
+) -> tuple[NDArray[np.uint8] | NDArray[np.uint16], dict[str, Any], NDArray[np.bool_]]:
+    """`generate`, plus where the CPE is: a (1024, 1360) mask of the contracted, rounded and
+    detached cells (all False for every kind but influenza), to score explanations against."""
     label = label_of(kind)
     if kind == INFLUENZA and severity not in (1, 2, 3, 4):
         raise ValueError("influenza images need severity 1-4")
@@ -569,7 +582,7 @@ def generate(
         hpi = _draw_hpi(np.random.default_rng(meta_seq), severity)
     if hpi not in HPI_VALUES:
         raise ValueError(f"hpi must be one of {HPI_VALUES}")
-    scene, cpe_fraction = _render_scene(
+    scene, cpe = _render_scene(
         np.random.default_rng(scene_seq), np.random.default_rng(cpe_seq), kind, severity, hpi, style
     )
     pixels, nuisance = _to_pixels(np.random.default_rng(nuisance_seq), scene, style)
@@ -581,10 +594,10 @@ def generate(
         "seed": int(seed),
         "generator_version": GENERATOR_VERSION,
         "family": family,
-        "cpe_fraction": round(cpe_fraction, 4),
+        "cpe_fraction": round(float(cpe.mean()), 4),
         **nuisance,
     }
-    return pixels, record
+    return pixels, record, np.repeat(np.repeat(cpe, 2, axis=0), 2, axis=1)
 
 
 def _draw_hpi(rng: np.random.Generator, severity: int) -> int:

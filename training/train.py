@@ -102,16 +102,13 @@ def calibrate_and_evaluate(version_dir: Path, val_rows, test_rows, processes: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from training.recipe import add_reduced_run_arguments
+
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--families", default="all", help="comma-separated, or 'all'")
-    parser.add_argument("--train-count", type=int, default=1200)
-    parser.add_argument("--val-count", type=int, default=200)
-    parser.add_argument("--test-count", type=int, default=500)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    add_reduced_run_arguments(parser)
+    # The release run: larger than the reduced LOFO / seed-spread runs.
+    parser.set_defaults(train_count=1200, val_count=200, test_count=500, epochs=5)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
-    parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None,
                         help="also save the Keras weights and the gate here (for --reexport)")
     parser.add_argument("--reexport", action="store_true",
