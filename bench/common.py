@@ -10,13 +10,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bench.payloads import write_payloads
-from bench.servers import REPO_ROOT, HttpServer, StandIn, naive_server, service_server
+from bench.servers import REPO_ROOT, HttpServer, RayServer, StandIn, naive_server, service_server
 
 
 def log(message: str) -> None:
@@ -48,7 +49,7 @@ class ModelSetup:
 
 
 def _training_running() -> bool:
-    result = subprocess.run(["pgrep", "-f", "training.train"], capture_output=True, text=True)
+    result = subprocess.run(["pgrep", "-f", "training.train"], check=False, capture_output=True, text=True)
     own = {str(os.getpid())}
     return any(pid and pid not in own for pid in result.stdout.split())
 
@@ -114,33 +115,40 @@ def run_raw(model: ModelSetup, batch_sizes: str, duration_s: float, repeats: int
             "--batch-sizes", batch_sizes, "--duration-s", str(duration_s), "--repeats", str(repeats)]
     for path in model.payloads:
         argv += ["--payload", str(path)]
-    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+    done = subprocess.run(argv, cwd=REPO_ROOT, check=False, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode != 0:
         raise RuntimeError(f"bench.raw failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_cell(server_port: int, model: ModelSetup, watch_pids: list[int], *, mode: str = "closed",
-             concurrency: int = 1, rate: float = 0.0, warmup_s: float | None = None,
-             duration_s: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """One load-generator process against one server; returns its JSON summary."""
+def loadgen_argv(server_port: int, model: ModelSetup, watch_pids: list[int], *, mode: str = "closed",
+                 concurrency: int = 1, rate: float = 0.0, warmup_s: float | None = None,
+                 duration_s: float | None = None, seed: int = 0, payloads: list[Path] | None = None,
+                 content_type: str | None = None) -> list[str]:
+    """The command line of one bench/loadgen.py cell against one server."""
     timing = model.timing
     warmup = timing.warmup_s if warmup_s is None else warmup_s
     if duration_s is None:
         duration_s = timing.duration_s if mode == "closed" else timing.open_duration_s
     argv = [sys.executable, "-m", "bench.loadgen", "--port", str(server_port), "--mode", mode,
-            "--content-type", model.content_type, "--warmup-s", str(warmup), "--duration-s", str(duration_s),
-            "--seed", str(seed)]
+            "--content-type", content_type or model.content_type, "--warmup-s", str(warmup),
+            "--duration-s", str(duration_s), "--seed", str(seed)]
     if mode == "closed":
         argv += ["--concurrency", str(concurrency)]
     else:
         argv += ["--rate", f"{rate:.4f}"]
-    for path in model.payloads:
+    for path in payloads or model.payloads:
         argv += ["--payload", str(path)]
     for pid in watch_pids:
         argv += ["--watch-pid", str(pid)]
-    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
+    return argv
+
+
+def run_cell(server_port: int, model: ModelSetup, watch_pids: list[int], **cell_args: Any) -> dict[str, Any]:
+    """One load-generator process against one server; returns its JSON summary."""
+    done = subprocess.run(loadgen_argv(server_port, model, watch_pids, **cell_args), cwd=REPO_ROOT,
+                          check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -177,6 +185,7 @@ class Deployment:
         self.server: HttpServer | None = None
         self.extra: list[Any] = []
         self.restarts = 0
+        self.ready_s = 0.0
 
     @property
     def watch_pids(self) -> list[int]:
@@ -188,23 +197,48 @@ class Deployment:
 
     def start(self) -> Deployment:
         tmp, model, row = self.tmp, self.model, self.row
+        started = time.monotonic()
         if row == "naive":
             self.server = naive_server(tmp, f"naive-{model.key}", model.version_dir, self.naive_workers)
+        elif row == "gthread":
+            self.server = naive_server(tmp, f"gthread-{model.key}", model.version_dir, 1, "gthread", threads=8)
+        elif row == "ray":
+            self.server = RayServer(tmp, f"ray-{model.key}", model.version_dir)
         else:
             base: dict[str, Any] = {"model_repository": model.repository, "model_name": model.name}
             if row == "grpc":
-                standin = StandIn(tmp, model.repository).start()
+                standin = StandIn(tmp, model.repository)
+                standin.start()
                 self.extra.append(standin)
                 standin.wait_ready()
                 base.update(backend="tfserving_grpc", tfserving_target=standin.target, batching="fixed")
-            else:
+            elif row != "service":  # "service": every setting at its default
                 base["batching"] = row
             base.update(self.settings)
             self.server = service_server(tmp, f"{row}-{model.key}", base)
         self.server.start()
         self.server.wait_ready()
+        self.ready_s = time.monotonic() - started
         sanity_check(self.server, model)
         return self
+
+    def memory(self) -> dict[str, Any]:
+        """Resident memory now and at peak (VmHWM) of the server's processes, in MiB."""
+        from bench.harden_checks import status_kb
+        from bench.loadgen import _process_tree
+
+        assert self.server is not None
+        processes = []
+        for pid in _process_tree([self.server.pid]):
+            rss, hwm = status_kb(pid, "VmRSS"), status_kb(pid, "VmHWM")
+            if rss is not None:
+                processes.append({"pid": pid, "rss_mib": rss / 1024, "hwm_mib": (hwm or 0) / 1024})
+        workers = processes[1:] or processes
+        return {"total_rss_mib": sum(p["rss_mib"] for p in processes),
+                "total_hwm_mib": sum(p["hwm_mib"] for p in processes),
+                "max_worker_rss_mib": max((p["rss_mib"] for p in workers), default=0.0),
+                "max_worker_hwm_mib": max((p["hwm_mib"] for p in workers), default=0.0),
+                "processes": len(processes)}
 
     def stop(self) -> None:
         if self.server is not None:
@@ -236,7 +270,8 @@ def sanity_check(server: HttpServer, model: ModelSetup) -> None:
 @contextmanager
 def deploy(tmp: Path, model: ModelSetup, row: str, settings: dict[str, Any] | None = None,
            naive_workers: int = 2) -> Iterator[Deployment]:
-    """Start the configuration `row` (naive, off, fixed, adaptive, grpc) for `model`; stop after."""
+    """Start the configuration `row` (naive, gthread, ray, service, off, fixed, adaptive, grpc) for
+    `model`; stop after."""
     deployment = Deployment(tmp, model, row, settings, naive_workers)
     try:
         deployment.start()
@@ -275,9 +310,9 @@ def measure(deployment: Deployment, *, busy_retries: int = 2, busy_threshold: fl
 
 def git_commit() -> str:
     """HEAD of the checkout, with '+dirty' when service/ has uncommitted changes."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, check=False, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "service"], cwd=REPO_ROOT,
-                           capture_output=True, text=True)
+                           check=False, capture_output=True, text=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 

@@ -1,23 +1,25 @@
-"""Side-by-side throughput/latency table of the serving stack: `make bench` = `python -m bench.run`.
+"""Side-by-side throughput/latency table of the serving stack and its peers: `make bench`.
 
-For each model (the committed paper CNN on 1360x1024 16-bit TIFFs, and a 64x64 CNN built here,
-where per-request overhead dominates) it measures, with a separate asyncio load-generator
-process on loopback:
+For each model (the committed paper CNN on 1360x1024 16-bit TIFFs, and the 64x64 CNN of
+bench/small_model.py on 64x64 PNGs, where per-request overhead dominates), on loopback:
 
   raw       the SavedModel in-process on pre-prepared batches, best batch size (the ceiling)
-  naive     bench/naive_app.py: Flask under Gunicorn sync workers, one model call per request
-  off       this service, SERVING_BATCHING=off
-  fixed     this service, SERVING_BATCHING=fixed (the default)
-  adaptive  this service, SERVING_BATCHING=adaptive (SERVING_TARGET_LATENCY_MS, see --target-latency-ms)
-  grpc      this service, SERVING_BACKEND=tfserving_grpc in front of tests/tfserving_standin.py, fixed
+  naive     bench/naive_app.py: Flask under Gunicorn sync, one model call per request
+  gthread   the same app under Gunicorn gthread, 8 threads, 1 worker
+  ray       bench/ray_app.py: Ray Serve, @serve.batch, one replica behind Ray's HTTP proxy
+  service   this service with every setting at its default
+  off / fixed / adaptive / grpc   the service with SERVING_BATCHING=... or the gRPC backend (opt-in)
 
-Closed-loop cells at several concurrencies, repeated (medians reported); then open-loop
-(Poisson) runs at a fraction of the fixed policy's saturation throughput for `fixed` and
-`adaptive` at the same arrival rate. Prints one Markdown report and writes it with a JSON twin.
+The peers run from the bench venv (.venv-bench: `make bench-venv`), the service from its own.
+Closed-loop cells at each concurrency (bench/loadgen.py, repeated, medians), the same cells
+once more by wrk (bench/wrk.py) as a cross-check, an open-loop run at half of the service's
+saturation, the service's CPU per image by stage (bench/stages.py), images per request and
+workers per pod (bench/capacity.py), and issue 13's targets (bench/targets.py). Writes
+bench/results/latest.{md,json}.
 
     python -m bench.run                      # full: ~25 min on 2 cores
-    python -m bench.run --quick              # smoke: 1 repeat, short cells
-    python -m bench.run --models small --rows naive,fixed --repeats 1
+    python -m bench.run --quick              # smoke: 1 repeat, short cells (BENCH_QUICK=1 make bench)
+    python -m bench.run --models small --rows naive,gthread,service --repeats 1
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import capacity, report, stages, targets
 from bench.common import (
     CellTiming,
     ModelSetup,
@@ -47,44 +51,40 @@ from bench.common import (
     training_running,
     wait_for_quiet,
 )
-from bench.servers import REPO_ROOT
+from bench.servers import REPO_ROOT, peer_versions
+from bench.wrk import run_wrk_cell, wrk_path, wrk_version
 
-ROWS = ["raw", "naive", "off", "fixed", "adaptive", "grpc"]
-SERVICE_ROWS = ["off", "fixed", "adaptive", "grpc"]
-ROW_TITLES = {
-    "raw": "raw ceiling (in-process, best batch)",
-    "naive": "naive Flask + gunicorn sync",
-    "off": "service, batching off",
-    "fixed": "service, fixed batching",
-    "adaptive": "service, adaptive batching",
-    "grpc": "service -> gRPC TF Serving stand-in, fixed",
-}
+ROWS = ["raw", "naive", "gthread", "ray", "service", "off", "fixed", "adaptive", "grpc"]
+DEFAULT_ROWS = "raw,naive,gthread,ray,service"
+OPEN_LOOP_ROWS = ["service", "fixed", "adaptive"]
 BUSY_RETRIES = 2  # set from --busy-retries
-GOAL_RAW_FRACTION = 0.90
-GOAL_NAIVE_SPEEDUP = 4.0
-GOAL_P99_FACTOR = 2.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1 repeat, short cells, concurrencies 1,32")
+    parser.add_argument("--quick", action="store_true", help="1 repeat, short cells, fewer capacity rows")
     parser.add_argument("--models", default="paper,small", help="comma list of: paper, small")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of: {', '.join(ROWS)}")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma list of: {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--open-loads", default="0.5,0.8",
-                        help="open-loop arrival rates as fractions of fixed-policy saturation "
-                             "(the first is the 'half of saturation' goal); empty to skip")
-    parser.add_argument("--naive-workers", default="auto", help="1, 2 or auto (measure both at c=8, keep the faster)")
+    parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--wrk", default="naive,gthread,ray,service",
+                        help="rows also measured by wrk at every concurrency (empty: none)")
+    parser.add_argument("--open-loads", default="0.5",
+                        help="open-loop arrival rates as fractions of the service's saturation; empty to skip")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="the service's CPU per image by stage (py-spy) at c=32")
+    parser.add_argument("--images-per-request", default="1,8,32", help="multipart sizes (empty: skip)")
+    parser.add_argument("--workers", default="1,2,3", help="service worker counts at c=32 (empty: skip)")
+    parser.add_argument("--naive-workers", default="1", help="1, 2 or auto (measure both at c=8, keep the faster)")
     parser.add_argument("--target-latency-ms", default="auto",
-                        help="adaptive policy target; auto = goal p99 (2x fixed-policy p50 at c=1)")
+                        help="adaptive policy target; auto = 2x the fixed policy's p50 at c=1")
     parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra SERVING_* setting for every service row, e.g. workers=2 (repeatable)")
     parser.add_argument("--paper-duration-s", type=float, default=8.0)
     parser.add_argument("--small-duration-s", type=float, default=5.0)
     parser.add_argument("--warmup-s", type=float, default=2.0)
-    parser.add_argument("--small-format", choices=["tiff", "png"], default="tiff")
+    parser.add_argument("--small-format", choices=["tiff", "png"], default="png")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "latest",
                         help="output path without suffix: writes OUT.md and OUT.json")
     parser.add_argument("--wait-quiet-s", type=float, default=0.0,
@@ -95,11 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 1
-        args.concurrency = "1,32" if args.concurrency == "1,8,32" else args.concurrency
-        args.paper_duration_s, args.small_duration_s, args.warmup_s = 3.0, 2.0, 1.0
-        args.open_loads = "0.5" if args.open_loads == "0.5,0.8" else args.open_loads
-        if args.naive_workers == "auto":
-            args.naive_workers = "2"
+        args.paper_duration_s, args.small_duration_s, args.warmup_s = 4.0, 2.0, 1.0
+        args.workers = "1,2" if args.workers == "1,2,3" else args.workers
+        args.busy_retries = 0
     return args
 
 
@@ -111,7 +109,7 @@ def _service_settings(args: argparse.Namespace) -> dict[str, str]:
     return settings
 
 
-def _closed_loop(tmp: Path, model: ModelSetup, row: str, deployment: Any, concurrencies: list[int],
+def _closed_loop(model: ModelSetup, row: str, deployment: Any, concurrencies: list[int],
                  repeats: int) -> dict[int, dict[str, Any]]:
     cells: dict[int, list[dict[str, Any]]] = {c: [] for c in concurrencies}
     for repeat in range(repeats):
@@ -123,6 +121,18 @@ def _closed_loop(tmp: Path, model: ModelSetup, row: str, deployment: Any, concur
                 f"other cpu {cell.get('other_cpu_cores') or 0:.2f}")
             cells[concurrency].append(cell)
     return {c: median_cells(v) for c, v in cells.items()}
+
+
+def _wrk_cells(model: ModelSetup, row: str, deployment: Any, concurrencies: list[int]) -> dict[int, dict[str, Any]]:
+    assert deployment.server is not None
+    out = {}
+    for concurrency in concurrencies:
+        cell = run_wrk_cell(deployment.server.port, model.payloads, model.content_type, deployment.watch_pids,
+                            concurrency, model.timing.warmup_s, model.timing.duration_s)
+        log(f"{model.key}/{row} wrk c={concurrency}: {cell['throughput_rps']:.1f} req/s p50 {cell['p50_ms']:.1f} "
+            f"p99 {cell['p99_ms']:.1f} ms errors {cell['errors']} wrk cpu {cell['loadgen_cpu_share']:.2f}")
+        out[concurrency] = cell
+    return out
 
 
 def _open_loop(model: ModelSetup, row: str, deployment: Any, rate: float, repeats: int,
@@ -151,220 +161,108 @@ def _choose_naive_workers(tmp: Path, model: ModelSetup, setting: str) -> tuple[i
     return (1 if probe["1"] > probe["2"] else 2), probe
 
 
+def _service_extras(tmp: Path, model: ModelSetup, deployment: Any, out: dict[str, Any],
+                    args: argparse.Namespace) -> None:
+    """What only the service's default row gets: the stage profile and multi-image requests."""
+    if args.profile:
+        duration = max(3, round(model.timing.duration_s))
+        out["stages"] = stages.profile_stages(deployment, tmp, 32, duration, warmup_s=model.timing.warmup_s)
+        log(f"{model.key}/service stages: {out['stages']['total_cpu_ms_per_image']:.2f} ms CPU/image "
+            + json.dumps({k: round(v, 3) for k, v in out["stages"]["cpu_ms_per_image"].items()}))
+    counts = [int(n) for n in args.images_per_request.split(",") if n.strip()]
+    if counts:
+        out["images_per_request"] = capacity.images_per_request(deployment, tmp, counts, BUSY_RETRIES)
+
+
 def bench_model(tmp: Path, model: ModelSetup, args: argparse.Namespace) -> dict[str, Any]:
     rows = [r for r in args.rows.split(",") if r]
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
-    loads = [float(x) for x in args.open_loads.split(",") if x.strip()]
     extra_settings = _service_settings(args)
-    out: dict[str, Any] = {"title": model.title, "info": model.info, "rows": {}, "open_loop": {},
-                           "settings_override": extra_settings}
+    out: dict[str, Any] = {"title": model.title, "info": model.info, "rows": {}, "wrk": {}, "open_loop": {},
+                           "servers": {}, "settings_override": extra_settings}
     if "raw" in rows:
         log(f"{model.key}: raw ceiling")
-        raw = run_raw(model, "1,2,4,8,16,32" if not args.quick else "1,8,32",
-                      duration_s=2.0 if not args.quick else 1.0, repeats=args.repeats)
+        sizes, seconds = ("1,2,4,8,16,32", 2.0) if not args.quick else ("1,8,32", 1.0)
+        raw = run_raw(model, sizes, duration_s=seconds, repeats=args.repeats)
         for _ in range(BUSY_RETRIES):
             if (raw.get("other_cpu_cores") or 0.0) <= 0.3:
                 break
             log(f"{model.key}: other jobs used {raw['other_cpu_cores']:.2f} cores during the raw ceiling; redoing it")
-            again = run_raw(model, "1,2,4,8,16,32" if not args.quick else "1,8,32",
-                            duration_s=2.0 if not args.quick else 1.0, repeats=args.repeats)
+            again = run_raw(model, sizes, duration_s=seconds, repeats=args.repeats)
             if again.get("other_cpu_cores", 9) < raw.get("other_cpu_cores", 9):
                 raw = again
         out["raw"] = raw
         log(f"{model.key}: raw ceiling {raw['best_images_per_s']:.1f} img/s at batch {raw['best_batch_size']}")
     if "naive" in rows:
-        workers, probe = _choose_naive_workers(tmp, model, args.naive_workers)
-        out["naive_workers"] = workers
-        out["naive_probe_c8"] = probe
-        with deploy(tmp, model, "naive", naive_workers=workers) as deployment:
-            out["rows"]["naive"] = _closed_loop(tmp, model, "naive", deployment, concurrencies, args.repeats)
-    for row in (r for r in SERVICE_ROWS if r in rows):
-        settings = dict(extra_settings)
+        out["naive_workers"], out["naive_probe_c8"] = _choose_naive_workers(tmp, model, args.naive_workers)
+    for row in (r for r in ROWS if r in rows and r != "raw"):
+        settings = dict(extra_settings) if row not in ("naive", "gthread", "ray") else {}
         if row == "adaptive":
             target = args.target_latency_ms
             if target == "auto":
-                fixed_c1 = out["rows"].get("fixed", {}).get(1)
-                target = f"{GOAL_P99_FACTOR * fixed_c1['p50_ms']:.0f}" if fixed_c1 else "250"
+                fixed_c1 = report.cell(out, "fixed", 1)
+                target = f"{2 * fixed_c1['p50_ms']:.0f}" if fixed_c1 else "250"
             settings["target_latency_ms"] = target
             out["adaptive_target_latency_ms"] = float(target)
         log(f"{model.key}: starting {row} {settings or ''}")
-        with deploy(tmp, model, row, settings) as deployment:
-            out["rows"][row] = _closed_loop(tmp, model, row, deployment, concurrencies, args.repeats)
-            out.setdefault("server_restarts", {})[row] = deployment.restarts
-            if row in ("fixed", "adaptive") and loads:
-                if row == "fixed":
-                    saturation = max(cell["throughput_rps"] for cell in out["rows"]["fixed"].values())
-                    out["fixed_saturation_rps"] = saturation
-                saturation = out.get("fixed_saturation_rps")
-                if saturation:
-                    for load in loads:
-                        out["open_loop"].setdefault(f"{load:g}", {})[row] = _open_loop(
-                            model, row, deployment, load * saturation, args.repeats, load)
+        _guarded(out, row, _bench_row, tmp, model, row, settings, out, args)
+    workers = [int(n) for n in args.workers.split(",") if n.strip()]
+    if workers and "service" in rows:
+        first = report.cell(out, "service", 32)
+        if first is not None:
+            first = {**first, "memory": out["servers"]["service"]["memory"]}
+        out["workers"] = capacity.worker_sweep(tmp, model, workers, extra_settings, first, BUSY_RETRIES)
     return out
 
 
-# --- report ------------------------------------------------------------------------------------
-
-def _f(value: Any, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "–"
-    return f"{value:,.{digits}f}"
-
-
-def render(results: dict[str, Any]) -> str:
-    meta = results["meta"]
-    lines = [
-        f"# Serving benchmark — {meta['date']}",
-        "",
-        f"Machine: {meta['machine']['cpus']} CPUs ({meta['machine']['cpu_model']}), no GPU; Python "
-        f"{meta['machine']['python']}, TensorFlow {meta['machine']['versions'].get('tensorflow')}, "
-        f"gunicorn {meta['machine']['versions'].get('gunicorn')}, Flask {meta['machine']['versions'].get('flask')}.",
-        f"Service code: commit {meta.get('git_commit', '?')}. Command: `{meta['command']}` — {meta['repeats']} repeat(s) per cell, medians reported; closed-loop cells "
-        f"{meta['warmup_s']:g} s warm-up (discarded) + {meta['paper_duration_s']:g} s (paper) / "
-        f"{meta['small_duration_s']:g} s (small) measured; wall time {meta['wall_min']:.1f} min.",
-        f"Load generator: bench/loadgen.py, its own process, asyncio HTTP/1.1, one keep-alive connection per "
-        f"virtual client (the naive sync workers close every connection, so its clients reconnect), one image per "
-        f"request, {meta['payload_images']} distinct images round-robin. "
-        f"`LG CPU` = load generator CPU s / wall s; `srv CPU` = cores used by the server process tree "
-        f"(incl. the TF Serving stand-in for the gRPC row); `other CPU` = cores busy with anything else on the "
-        f"machine during the cell (from /proc/stat; should be ~0 on a quiet box).",
-        f"Service settings: defaults (1 worker x 16 threads, max_batch_size 8, max_batch_delay 5 ms, padding on, "
-        f"TF threads auto) unless noted{': overrides ' + json.dumps(meta['service_overrides']) if meta['service_overrides'] else ''}.",
-        f"Training process running: at start {meta['training_at_start']}, at end {meta['training_at_end']}.",
-        "",
-        "## Closed loop (each client sends its next request when it has its answer)",
-        "",
-        "| model | configuration | conc. | images/s | p50 ms | p95 ms | p99 ms | x raw ceiling | x naive | errors | LG CPU | srv CPU | other CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for model_key, model in results["models"].items():
-        name = model_key
-        raw = model.get("raw")
-        if raw:
-            lines.append(f"| {name} | {ROW_TITLES['raw']} (batch {raw['best_batch_size']}) | – | "
-                         f"{_f(raw['best_images_per_s'])} | – | – | – | 1.00 | – | – | – | {_f(raw.get('cpu_cores'), 2)} | "
-                         f"{_f(raw.get('other_cpu_cores'), 2)} |")
-        naive = model["rows"].get("naive", {})
-        for row in ["naive", *SERVICE_ROWS]:
-            cells = model["rows"].get(row)
-            if not cells:
-                continue
-            title = ROW_TITLES[row]
-            if row == "naive":
-                title += f" ({model.get('naive_workers')} workers)"
-            if row == "adaptive":
-                title += f" (target {model.get('adaptive_target_latency_ms'):g} ms)"
-            for conc, cell in sorted(cells.items(), key=lambda kv: int(kv[0])):
-                vs_raw = cell["throughput_rps"] / raw["best_images_per_s"] if raw else None
-                base = naive.get(conc)
-                vs_naive = cell["throughput_rps"] / base["throughput_rps"] if base and row != "naive" else None
-                lines.append(
-                    f"| {name} | {title} | {conc} | {_f(cell['throughput_rps'])} | {_f(cell['p50_ms'])} | "
-                    f"{_f(cell['p95_ms'])} | {_f(cell['p99_ms'])} | {_f(vs_raw, 2)} | {_f(vs_naive, 2)} | "
-                    f"{cell['errors']} | {_f(cell['loadgen_cpu_share'], 2)} | {_f(cell['server_cpu_cores'], 2)} | "
-                    f"{_f(cell.get('other_cpu_cores'), 2)} |"
-                )
-    lines += ["", "Raw ceiling by batch size (images/s):", ""]
-    for model_key, model in results["models"].items():
-        raw = model.get("raw")
-        if raw:
-            parts = ", ".join(f"{bs}: {_f(v['images_per_s'])}" for bs, v in raw["by_batch_size"].items())
-            lines.append(f"- {model_key}: {parts}")
-    open_rows = []
-    compare_rows = []
-    for model_key, model in results["models"].items():
-        loads = model.get("open_loop", {})
-        if not loads:
-            continue
-        first = sorted(loads, key=float)[0]
-        fixed_c1 = model["rows"].get("fixed", {}).get(1) or model["rows"].get("fixed", {}).get("1")
-        adaptive_c1 = model["rows"].get("adaptive", {}).get(1) or model["rows"].get("adaptive", {}).get("1")
-        off_c1 = model["rows"].get("off", {}).get(1) or model["rows"].get("off", {}).get("1")
-        for policy, c1 in (("fixed", fixed_c1), ("adaptive", adaptive_c1)):
-            cell = loads[first].get(policy)
-            if not cell or not c1:
-                continue
-            ratio = cell["p99_ms"] / c1["p50_ms"]
-            open_rows.append(
-                f"| {model_key} | {policy} | {_f(cell['rate_rps'])} ({float(first):.0%} of {_f(model['fixed_saturation_rps'])}) | "
-                f"{_f(cell['throughput_rps'])} | {_f(c1['p50_ms'])} | {_f(off_c1['p50_ms']) if off_c1 else '–'} | "
-                f"{_f(cell['p50_ms'])} | {_f(cell['p99_ms'])} | {_f(ratio, 2)} | "
-                f"{'yes' if ratio <= GOAL_P99_FACTOR else 'no'} |"
-            )
-        for load_key in sorted(loads, key=float):
-            fixed, adaptive = loads[load_key].get("fixed"), loads[load_key].get("adaptive")
-            if fixed and adaptive:
-                compare_rows.append(
-                    f"| {model_key} | {float(load_key):.0%} ({_f(fixed['rate_rps'])}/s) | "
-                    f"{_f(fixed['throughput_rps'])} / {_f(adaptive['throughput_rps'])} | "
-                    f"{_f(fixed['p50_ms'])} / {_f(adaptive['p50_ms'])} | {_f(fixed['p99_ms'])} / {_f(adaptive['p99_ms'])} | "
-                    f"{_f(adaptive['p99_ms'] / fixed['p99_ms'], 2)} | "
-                    f"{_f(model.get('adaptive_target_latency_ms'), 0)} |"
-                )
-    if open_rows:
-        lines += [
-            "", "## p99 at half of saturation (open loop, Poisson arrivals)", "",
-            "Arrival rate = the first open-loop load x the fixed policy's saturation (its best closed-loop "
-            "images/s). Unloaded = p50 of the same policy at concurrency 1 (off-policy p50 shown for reference). "
-            f"Goal: p99 <= {GOAL_P99_FACTOR:g} x unloaded.", "",
-            "| model | policy | arrivals/s | served/s | unloaded p50 ms | off c=1 p50 ms | p50 ms | p99 ms | p99 / unloaded | goal met |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-            *open_rows,
-        ]
-    if compare_rows:
-        lines += [
-            "", "## Adaptive vs fixed at equal throughput (same open-loop arrival rate)", "",
-            "| model | load | served/s fixed / adaptive | p50 ms fixed / adaptive | p99 ms fixed / adaptive | p99 adaptive/fixed | adaptive target ms |",
-            "|---|---|---:|---:|---:|---:|---:|",
-            *compare_rows,
-        ]
-    goal_rows = goals(results)
-    if goal_rows:
-        lines += ["", "## Goals (measured vs goal; not asserted)", "",
-                  "| goal | measured | goal | met |", "|---|---:|---:|---|", *goal_rows]
-    notes = results.get("notes", [])
-    if notes:
-        lines += ["", "## Notes", "", *[f"- {note}" for note in notes]]
-    return "\n".join(lines) + "\n"
+def _guarded(out: dict[str, Any], name: str, step: Callable[..., None], *args: Any) -> None:
+    """Run one row: a server that cannot start or dies for good costs that row, not the run."""
+    try:
+        step(*args)
+    except Exception as err:  # noqa: BLE001 - recorded in the report's notes
+        out.setdefault("failures", {})[name] = f"{type(err).__name__}: {str(err)[:300]}"
+        log(f"{out['title']}: {name} FAILED: {out['failures'][name]}")
 
 
-def _cell(model: dict[str, Any], row: str, conc: int) -> dict[str, Any] | None:
-    cells = model["rows"].get(row, {})
-    return cells.get(conc) or cells.get(str(conc))
+def _bench_row(tmp: Path, model: ModelSetup, row: str, settings: dict[str, Any], out: dict[str, Any],
+               args: argparse.Namespace) -> None:
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    loads = [float(x) for x in args.open_loads.split(",") if x.strip()]
+    with deploy(tmp, model, row, settings, naive_workers=out.get("naive_workers", 1)) as deployment:
+        log(f"{model.key}/{row}: ready after {deployment.ready_s:.1f} s")
+        out["rows"][row] = _closed_loop(model, row, deployment, concurrencies, args.repeats)
+        if row in args.wrk.split(",") and wrk_path():
+            out["wrk"][row] = _wrk_cells(model, row, deployment, concurrencies)
+        out["servers"][row] = {"ready_s": deployment.ready_s, "memory": deployment.memory(),
+                               "restarts": deployment.restarts}
+        if row in OPEN_LOOP_ROWS and loads:
+            saturation = out.get("saturation_rps") or max(c["throughput_rps"] for c in out["rows"][row].values())
+            out.setdefault("saturation_rps", saturation)
+            for load in loads:
+                out["open_loop"].setdefault(f"{load:g}", {})[row] = _open_loop(
+                    model, row, deployment, load * saturation, args.repeats, load)
+        if row == "service":
+            _service_extras(tmp, model, deployment, out, args)
 
 
-def goals(results: dict[str, Any]) -> list[str]:
-    rows = []
-    paper = results["models"].get("paper")
-    if paper and paper.get("raw"):
-        for row in ("fixed", "adaptive", "grpc"):
-            cell = _cell(paper, row, 32)
-            if cell:
-                ratio = cell["throughput_rps"] / paper["raw"]["best_images_per_s"]
-                rows.append(f"| paper CNN, service ({row}) at c=32 vs raw ceiling | {ratio:.0%} | "
-                            f">= {GOAL_RAW_FRACTION:.0%} | {'yes' if ratio >= GOAL_RAW_FRACTION else 'no'} |")
-    small = results["models"].get("small")
-    if small:
-        naive = _cell(small, "naive", 32)
-        for row in ("fixed", "adaptive"):
-            cell = _cell(small, row, 32)
-            if cell and naive:
-                ratio = cell["throughput_rps"] / naive["throughput_rps"]
-                rows.append(f"| small CNN, service ({row}) at c=32 vs naive at c=32 | {ratio:.2f}x | "
-                            f">= {GOAL_NAIVE_SPEEDUP:g}x | {'yes' if ratio >= GOAL_NAIVE_SPEEDUP else 'no'} |")
-    for model_key, model in results["models"].items():
-        loads = model.get("open_loop", {})
-        if not loads:
-            continue
-        first = sorted(loads, key=float)[0]
-        cell = loads[first].get("fixed")
-        c1 = _cell(model, "fixed", 1)
-        if cell and c1:
-            ratio = cell["p99_ms"] / c1["p50_ms"]
-            rows.append(f"| {model_key}: fixed, p99 at {float(first):.0%} of saturation / unloaded p50 | "
-                        f"{ratio:.2f}x ({cell['p99_ms']:.1f} / {c1['p50_ms']:.1f} ms) | <= {GOAL_P99_FACTOR:g}x | "
-                        f"{'yes' if ratio <= GOAL_P99_FACTOR else 'no'} |")
-    return rows
+def _notes(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    notes = []
+    if not wrk_path():
+        notes.append("wrk is not installed (Debian: `apt-get install wrk`): no wrk cross-check in this run.")
+    for key, model in results["models"].items():
+        busy = [f"{row} c={conc}" for row, cells in model["rows"].items() for conc, cell in cells.items()
+                if (cell.get("other_cpu_cores") or 0) > 0.3]
+        if busy:
+            notes.append(f"{key}: other jobs on the machine kept > 0.3 cores busy (median over repeats, after up "
+                         f"to {args.busy_retries} redos) during: {', '.join(busy)}; those cells understate the server.")
+        restarts = {row: s["restarts"] for row, s in model.get("servers", {}).items() if s["restarts"]}
+        if restarts:
+            notes.append(f"{key}: servers that died under load and were restarted: {restarts}.")
+        for name, failure in model.get("failures", {}).items():
+            notes.append(f"{key}: {name} failed and is missing from the tables: {failure}")
+        if model.get("naive_probe_c8"):
+            probe = ", ".join(f"{w} worker(s): {v:.1f} img/s" for w, v in model["naive_probe_c8"].items())
+            notes.append(f"{key}: naive sync workers chosen by a c=8 probe ({probe}) -> {model['naive_workers']}.")
+    return notes
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -378,7 +276,6 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    models = [m for m in args.models.split(",") if m]
     quiet = wait_for_quiet(args.wait_quiet_s) if args.wait_quiet_s > 0 else None
     if quiet:
         log(f"quiet check: {quiet}")
@@ -387,9 +284,9 @@ def main(argv: list[str] | None = None) -> None:
         log("WARNING: training.train is running: the CPUs are shared, numbers will be low")
     paper_timing = CellTiming(args.warmup_s, args.paper_duration_s, args.paper_duration_s * 1.5)
     small_timing = CellTiming(args.warmup_s, args.small_duration_s, args.small_duration_s * 1.5)
-    results: dict[str, Any] = {"models": {}, "notes": []}
+    results: dict[str, Any] = {"models": {}}
     try:
-        for key in models:
+        for key in (m for m in args.models.split(",") if m):
             if key == "paper":
                 model = prepare_paper(tmp, paper_timing)
             elif key == "small":
@@ -406,40 +303,20 @@ def main(argv: list[str] | None = None) -> None:
     results["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(),
-        "git_commit": git_commit(),
-        "repeats": args.repeats,
-        "warmup_s": args.warmup_s,
-        "paper_duration_s": args.paper_duration_s,
-        "small_duration_s": args.small_duration_s,
-        "concurrency": args.concurrency,
-        "open_loads": args.open_loads,
-        "payload_images": 4,
-        "service_overrides": _service_settings(args),
-        "quiet_check": quiet,
-        "training_at_start": training_at_start,
-        "training_at_end": training_running(),
+        "machine": machine_info(), "git_commit": git_commit(), "peer_versions": peer_versions(),
+        "wrk": wrk_version(), "repeats": args.repeats, "warmup_s": args.warmup_s,
+        "paper_duration_s": args.paper_duration_s, "small_duration_s": args.small_duration_s,
+        "concurrency": args.concurrency, "open_loads": args.open_loads, "payload_images": 4,
+        "service_overrides": _service_settings(args), "quiet_check": quiet,
+        "training_at_start": training_at_start, "training_at_end": training_running(),
         "wall_min": (time.monotonic() - started) / 60,
     }
-    for key, model in results["models"].items():
-        busy = [f"{row} c={conc}" for row, cells in model["rows"].items() for conc, cell in cells.items()
-                if (cell.get("other_cpu_cores") or 0) > 0.3]
-        if busy:
-            results["notes"].append(f"{key}: other jobs on the machine kept > 0.3 cores busy (median over repeats, "
-                                    f"after up to {args.busy_retries} redos) during: {', '.join(busy)}; "
-                                    f"those cells understate the server.")
-        restarts = {row: n for row, n in model.get("server_restarts", {}).items() if n}
-        if restarts:
-            results["notes"].append(f"{key}: servers that died under load (SIGTERM from outside) and were "
-                                    f"restarted: {restarts}.")
-        if "naive_probe_c8" in model and model["naive_probe_c8"]:
-            probe = ", ".join(f"{w} worker(s): {v:.1f} img/s" for w, v in model["naive_probe_c8"].items())
-            results["notes"].append(f"{key}: naive baseline workers chosen by a c=8 probe ({probe}) -> "
-                                    f"{model['naive_workers']}.")
-    report = render(results)
-    print(report)
+    results["notes"] = _notes(results, args)
+    results["targets"] = targets.evaluate(results)
+    text = report.render(results, results["targets"])
+    print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(report)
+    args.out.with_suffix(".md").write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     log(f"wrote {args.out.with_suffix('.md')} and {args.out.with_suffix('.json')} "
         f"in {(time.monotonic() - started) / 60:.1f} min")

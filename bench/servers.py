@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -102,14 +103,77 @@ def service_server(tmp: Path, name: str, settings: dict[str, object]) -> HttpSer
     return HttpServer(name, argv, env, tmp / f"{name}-{port}.log", port)
 
 
-def naive_server(tmp: Path, name: str, model_dir: Path, workers: int) -> HttpServer:
-    """bench/naive_app.py under gunicorn's default sync workers."""
+def peer_python() -> str:
+    """The bench venv's interpreter (`make bench-venv`), where the peers and Ray live, not the
+    service's venv; BENCH_PYTHON overrides it."""
+    python = os.environ.get("BENCH_PYTHON") or str(REPO_ROOT / ".venv-bench" / "bin" / "python")
+    if not Path(python).exists():
+        raise FileNotFoundError(f"{python} missing: run `make bench-venv` (or set BENCH_PYTHON)")
+    return python
+
+
+def peer_versions() -> str:
+    """Ray's and py-spy's versions in the bench venv, for the report."""
+    code = "from importlib.metadata import version as v; print('ray', v('ray'), 'py-spy', v('py-spy'))"
+    try:
+        done = subprocess.run([peer_python(), "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "bench venv missing"
+    return done.stdout.strip() or "bench venv incomplete"
+
+
+def naive_server(tmp: Path, name: str, model_dir: Path, workers: int, worker_class: str = "sync",
+                 threads: int = 8, python: str | None = None) -> HttpServer:
+    """bench/naive_app.py under Gunicorn `sync` or `gthread` (`threads` per worker) workers."""
     port = free_port()
     env = _base_env(tmp)
     env["BENCH_MODEL_DIR"] = str(model_dir)
-    argv = [sys.executable, "-m", "gunicorn", "-k", "sync", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-            "--timeout", "120", "bench.naive_app:app"]
-    return HttpServer(name, argv, env, tmp / f"{name}-{port}.log", port)
+    argv = [python or peer_python(), "-m", "gunicorn", "-k", worker_class, "-w", str(workers),
+            "-b", f"127.0.0.1:{port}", "--timeout", "120"]
+    if worker_class == "gthread":
+        argv += ["--threads", str(threads)]
+    return HttpServer(name, [*argv, "bench.naive_app:app"], env, tmp / f"{name}-{port}.log", port)
+
+
+class RayServer(HttpServer):
+    """bench/ray_app.py: Ray Serve (one replica, @serve.batch) behind its HTTP proxy.
+
+    Ray's actors run in process groups of their own: `stop()` lets the app shut Ray down on
+    SIGTERM, then kills whatever of the tree it started is still there.
+    """
+
+    def __init__(self, tmp: Path, name: str, model_dir: Path, python: str | None = None) -> None:
+        port = free_port()
+        env = _base_env(tmp)
+        env.update(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")
+        argv = [python or peer_python(), "-m", "bench.ray_app", "--model-dir", str(model_dir),
+                "--port", str(port), "--temp-dir", str(tmp / "ray")]
+        super().__init__(name, argv, env, tmp / f"{name}-{port}.log", port)
+
+    def wait_ready(self, timeout_s: float = 300.0, path: str = "/readyz", consecutive: int = 8) -> None:
+        deadline = time.monotonic() + timeout_s
+        while "RAY SERVE READY" not in self.log_tail(100_000):
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not come up:\n{self.log_tail()}")
+            time.sleep(0.5)
+        super().wait_ready(max(deadline - time.monotonic(), 10.0), path, consecutive)
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        from bench.loadgen import _process_tree
+
+        tree = {pid: _cmdline(pid) for pid in (_process_tree([self.pid]) if self.alive() else [])}
+        super().stop(timeout_s)
+        for pid, cmdline in tree.items():
+            if cmdline and _cmdline(pid) == cmdline:  # still the process we started, not a reused pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 class StandIn(Process):

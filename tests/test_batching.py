@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.batching import CostModel, MicroBatcher, allowed_batch_sizes
+from service.batching import BatchJob, CostModel, MicroBatcher, allowed_batch_sizes
 from service.errors import ModelCallFailed, QueueFull, ShuttingDown
 from tests.fakes import FakeBackend, expected_probabilities
 
@@ -22,6 +22,17 @@ def _batcher(backend: FakeBackend, **kwargs: object) -> MicroBatcher:
     options: dict[str, object] = {"max_batch_size": 8, "max_batch_delay_s": 0.05, "max_queue_size": 64}
     options.update(kwargs)
     return MicroBatcher(backend.predict, **options)  # type: ignore[arg-type]
+
+
+def _occupied(rng: np.random.Generator, rows: int, **kwargs: object) -> tuple[
+        threading.Event, FakeBackend, MicroBatcher, BatchJob]:
+    """A batcher whose model is busy with a first request of `rows` images, held on a gate."""
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend, **kwargs)
+    running = batcher.submit(_rows(rng, rows))
+    assert backend.started.wait(2)
+    return gate, backend, batcher, running
 
 
 def test_concurrent_submissions_make_one_batch(rng: np.random.Generator) -> None:
@@ -85,11 +96,7 @@ def test_failing_batch_fails_only_its_members_and_the_thread_survives(rng: np.ra
 
 
 def test_full_queue_refuses_at_once_with_retry_after(rng: np.random.Generator) -> None:
-    gate = threading.Event()
-    backend = FakeBackend(gate=gate)
-    batcher = _batcher(backend, max_queue_size=10, max_batch_size=2)
-    running = batcher.submit(_rows(rng, 2))
-    assert backend.started.wait(2)
+    gate, _, batcher, running = _occupied(rng, 2, max_queue_size=10, max_batch_size=2)
     batcher.submit(_rows(rng, 10))  # fills the queue
     started = time.monotonic()
     with pytest.raises(QueueFull) as refused:
@@ -102,11 +109,7 @@ def test_full_queue_refuses_at_once_with_retry_after(rng: np.random.Generator) -
 
 
 def test_abandoned_job_leaves_the_queue_and_never_runs(rng: np.random.Generator) -> None:
-    gate = threading.Event()
-    backend = FakeBackend(gate=gate)
-    batcher = _batcher(backend, max_batch_size=4)
-    running = batcher.submit(_rows(rng, 4))
-    assert backend.started.wait(2)
+    gate, backend, batcher, running = _occupied(rng, 4, max_batch_size=4)
     waiting = batcher.submit(_rows(rng, 3))
     assert batcher.queued_images == 3
     batcher.abandon(waiting)  # what the view does on its 504
@@ -264,3 +267,71 @@ def test_a_dead_batcher_thread_is_restarted_then_reported_unhealthy(rng: np.rand
     assert len(restarts) == 5
     backend.fail_with = None
     batcher.close(1)
+
+
+def test_interactive_rows_are_batched_before_background_rows(rng: np.random.Generator) -> None:
+    gate, backend, batcher, running = _occupied(rng, 4, max_batch_size=4, max_background_queue_size=4)
+    # Queued while the model is busy: a job's rows first, then three interactive requests.
+    background = batcher.submit(_rows(rng, 3), background=True)
+    interactive_rows = [_rows(rng, 2), _rows(rng, 2), _rows(rng, 1)]
+    interactive = [batcher.submit(rows) for rows in interactive_rows]
+    gate.set()
+    for job, rows in zip(interactive, interactive_rows):
+        np.testing.assert_allclose(job.future.result(2), expected_probabilities(rows))
+    background.future.result(2)
+    running.future.result(2)
+    batcher.close()
+    # 5 interactive rows: a full batch of 4, then the fifth alone; the job's rows never join them.
+    assert backend.batch_sizes == [4, 4, 1, 3]
+    assert interactive[0].batch_ids == interactive[1].batch_ids
+    assert interactive[1].batch_ids[0] < interactive[2].batch_ids[0] < background.batch_ids[0]
+
+
+def test_background_rows_wait_while_an_interactive_request_is_announced(rng: np.random.Generator) -> None:
+    backend = FakeBackend()
+    batcher = _batcher(backend, max_batch_size=4)
+    batcher.announce(2)  # an interactive request is decoding its images
+    background = batcher.submit(_rows(rng, 2), background=True)
+    assert not backend.started.wait(0.2)  # the idle model does not start the job's rows
+    interactive = batcher.submit(_rows(rng, 2), announced=2)
+    interactive.future.result(2)
+    background.future.result(2)
+    batcher.close()
+    assert backend.batch_sizes == [2, 2]
+    assert interactive.batch_ids[0] < background.batch_ids[0]
+
+
+def test_background_queue_is_small_and_separate(rng: np.random.Generator) -> None:
+    gate, backend, batcher, running = _occupied(rng, 2, max_batch_size=2, max_queue_size=4,
+                                                max_background_queue_size=2)
+    job_rows = batcher.submit(_rows(rng, 2), background=True)
+    with pytest.raises(QueueFull):
+        batcher.submit(_rows(rng, 1), background=True)  # a job holds at most 2 rows queued
+    assert batcher.queued_images == 0  # job rows take no room from interactive requests
+    batcher.submit(_rows(rng, 4))  # the whole interactive queue is still free
+    assert batcher.describe()["queued_background_images"] == 2
+    batcher.abandon(job_rows)
+    assert batcher.describe()["queued_background_images"] == 0
+    gate.set()
+    running.future.result(2)
+    batcher.close()
+    assert backend.batch_sizes == [2, 2, 2]
+
+
+def test_idle_only_when_no_interactive_image_is_queued_announced_or_running(rng: np.random.Generator) -> None:
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    batcher = _batcher(backend)
+    assert batcher.wait_idle(0)
+    batcher.announce(1)
+    assert not batcher.wait_idle(0)
+    running = batcher.submit(_rows(rng, 1), announced=1)
+    assert backend.started.wait(2)
+    assert not batcher.wait_idle(0)  # its batch is running
+    gate.set()
+    running.future.result(2)
+    assert batcher.wait_idle(2)
+    background = batcher.submit(_rows(rng, 1), background=True)
+    background.future.result(2)
+    assert batcher.wait_idle(0)  # job rows never make the batcher busy for other jobs
+    batcher.close()

@@ -5,6 +5,9 @@ batcher thread takes up to `max_batch_size` images, possibly from several reques
 part of a large request, runs them as one model call and hands each request its own rows back
 in order. A full queue refuses at once (503 + Retry-After); a request that gives up (504) has
 its not-yet-started images removed from the queue.
+
+Background work (whole-plate jobs) waits in a second, small queue and runs only in batches of
+its own while no interactive image is in hand (see `service.batching.lanes`).
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
 
+from service import tracing
 from service.batching.jobs import (
     BatchJob,
     BatchReport,
@@ -27,6 +30,7 @@ from service.batching.jobs import (
     output_rows,
     output_slice,
 )
+from service.batching.lanes import Lanes, Part
 from service.batching.policy import BatchingPolicy, CostModel, PolicyName, allowed_batch_sizes
 from service.batching.supervisor import ThreadSupervisor
 from service.errors import ModelCallFailed, QueueFull, ServiceError, ShuttingDown
@@ -54,6 +58,7 @@ class MicroBatcher:
         name: str = "model",
         num_threads: int = 1,
         on_thread_restart: Callable[[], None] | None = None,
+        max_background_queue_size: int | None = None,
     ) -> None:
         if max_queue_size < max_batch_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
@@ -67,8 +72,8 @@ class MicroBatcher:
         self._pad_sizes = allowed_batch_sizes(max_batch_size) if pad_batches else None
         self._on_batch = on_batch
         self._on_queue_depth = on_queue_depth
-        self._jobs: deque[BatchJob] = deque()
-        self._queued_rows = 0
+        self.max_background_queue_size = max_background_queue_size or max_batch_size
+        self._lanes = Lanes(self.max_background_queue_size)
         self._arriving = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -91,14 +96,17 @@ class MicroBatcher:
         if self._closing or self._threads.replace(index):
             return
         with self._cond:
-            doomed = list(self._jobs)
+            doomed = self._lanes.queued()
         for job in doomed:
             self._fail(job, ModelCallFailed("the batcher stopped"))
 
     # --- called from request threads ---------------------------------------------------------
 
-    def submit(self, rows: NDArray[np.float32], announced: int = 0) -> BatchJob:
+    def submit(self, rows: NDArray[np.float32], announced: int = 0, background: bool = False) -> BatchJob:
         """Queue a request's images; its `future` resolves to their outputs, in order.
+
+        `background` images (a job's) wait behind every interactive image, queued or announced, in
+        their own queue of `max_background_queue_size` images.
 
         Raises:
             QueueFull: the queue cannot take all of these images now (nothing was queued).
@@ -107,38 +115,51 @@ class MicroBatcher:
         if len(rows) == 0:
             raise ValueError("a request needs at least one image")
         now = time.monotonic()
-        job = BatchJob(rows=rows, enqueued_at=now)
+        job = BatchJob(rows=rows, enqueued_at=now, trace_context=tracing.current_context(), background=background)
         with self._cond:
             self._arriving -= announced
             if self._closing:
                 raise ShuttingDown("worker is shutting down", retry_after_s=1)
             if self._threads.gave_up:
                 raise ModelCallFailed("the batcher stopped; the worker is not ready")
-            if self._queued_rows + len(rows) > self.max_queue_size:
+            if background:
+                self._lanes.push(job)
+                self._cond.notify()
+                return job
+            queued = self._lanes.interactive_rows
+            if queued + len(rows) > self.max_queue_size:
                 raise QueueFull(
-                    f"queue holds {self._queued_rows} of {self.max_queue_size} images; "
-                    f"cannot take {len(rows)} more",
-                    retry_after_s=self._policy.retry_after_s(self._queued_rows),
+                    f"queue holds {queued} of {self.max_queue_size} images; cannot take {len(rows)} more",
+                    retry_after_s=self._policy.retry_after_s(queued),
                 )
-            self._jobs.append(job)
-            self._queued_rows += len(rows)
+            self._lanes.push(job)
             self._policy.arrivals.observe(now, len(rows))
-            depth = self._queued_rows
+            depth = self._lanes.interactive_rows
+            self._lanes.note_idle(self._arriving)
             self._cond.notify()
         self._report_depth(depth)
         return job
 
-    def reserve(self, images: int) -> Reservation:
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no interactive image is queued, announced or running (True), or until
+        the timeout (False): background work starts decoding only then, so it takes neither
+        model time nor CPU from interactive requests."""
+        return self._lanes.idle.wait(timeout_s)
+
+    def reserve(self, images: int, background: bool = False) -> Reservation:
         """Claim room for a request's images before it pays for decoding them.
 
         Use as a context manager around decoding and `Reservation.submit`: a request that
         obviously cannot fit is refused at once (503), the fixed policy knows images are on
         their way (so it waits for them, and only for them), and a request that fails before
-        submitting gives its claim back on exit.
+        submitting gives its claim back on exit. Background images are not announced: no
+        batch waits for them.
 
         Raises:
             QueueFull: the queue cannot take `images` more now.
         """
+        if background:
+            return Reservation(self, 0, background=True)
         self.ensure_room(images)
         self.announce(images)
         return Reservation(self, images)
@@ -149,20 +170,21 @@ class MicroBatcher:
         announced=n)` or `withdraw(n)` settles the announcement."""
         with self._cond:
             self._arriving += images
+            self._lanes.note_idle(self._arriving)
 
     def withdraw(self, images: int) -> None:
         """An announced request failed before submitting (bad image, model gone)."""
         with self._cond:
             self._arriving -= images
+            self._lanes.note_idle(self._arriving)
             self._cond.notify_all()
 
     def ensure_room(self, images: int) -> None:
         """Shed load before a request pays for decoding, when its images obviously cannot fit."""
-        if self._queued_rows + images > self.max_queue_size:
-            raise QueueFull(
-                f"queue holds {self._queued_rows} of {self.max_queue_size} images",
-                retry_after_s=self._policy.retry_after_s(self._queued_rows),
-            )
+        queued = self._lanes.interactive_rows
+        if queued + images > self.max_queue_size:
+            raise QueueFull(f"queue holds {queued} of {self.max_queue_size} images",
+                            retry_after_s=self._policy.retry_after_s(queued))
 
     def abandon(self, job: BatchJob) -> None:
         """Give up on a job (its caller timed out): images not yet started leave the queue."""
@@ -170,10 +192,9 @@ class MicroBatcher:
             if job.abandoned or job.future.done():
                 return
             job.abandoned = True
-            if job in self._jobs:
-                self._jobs.remove(job)
-                self._queued_rows -= job.pending_rows
-            depth = self._queued_rows
+            self._lanes.remove(job)
+            self._lanes.note_idle(self._arriving)
+            depth = self._lanes.interactive_rows
         job.future.cancel()
         self._report_depth(depth)
 
@@ -184,7 +205,7 @@ class MicroBatcher:
 
     @property
     def queued_images(self) -> int:
-        return self._queued_rows
+        return self._lanes.interactive_rows
 
     def describe(self) -> dict[str, object]:
         """The active policy and its parameters, for status routes."""
@@ -196,7 +217,8 @@ class MicroBatcher:
             "target_latency_ms": self.target_latency_s * 1000,
             "allowed_batch_sizes": self._pad_sizes,
             "batch_threads": len(self._threads.threads),
-            "queued_images": self._queued_rows,
+            "queued_images": self._lanes.interactive_rows,
+            "queued_background_images": self._lanes.background_rows,
         }
 
     def close(self, timeout_s: float | None = None) -> None:
@@ -225,45 +247,32 @@ class MicroBatcher:
                     self._replace_thread(index)
                     raise
                 _log.exception("batch failed outside the model call")
+            finally:
+                with self._cond:
+                    self._lanes.finished(batch, self._arriving)
 
-    def _collect(self) -> list[tuple[BatchJob, int, int]] | None:
+    def _collect(self) -> list[Part] | None:
         """Block until a batch is due; take its rows out of the queue."""
+        lanes = self._lanes
         with self._cond:
-            while not self._jobs:
+            while not lanes.ready(self._arriving, self._closing):
                 if self._closing:
                     return None
                 self._cond.wait()
             while not self._closing:
                 wait_s = self._policy.wait_budget_s(
-                    time.monotonic(), self._queued_rows, self._jobs[0].enqueued_at, self._arriving
+                    time.monotonic(), lanes.interactive_rows + lanes.background_rows, lanes.oldest_enqueued_at(),
+                    self._arriving,
                 )
                 if wait_s <= 0:
                     break
                 self._cond.wait(wait_s)
-                if not self._jobs:  # everything queued was abandoned while we waited
+                if not lanes.ready(self._arriving, self._closing):  # abandoned, or an interactive one announced
                     return []
-            return self._take_rows()
+            return lanes.take(self.max_batch_size, self._arriving, self._closing, one_job=self.policy == "off")
 
-    def _take_rows(self) -> list[tuple[BatchJob, int, int]]:
-        """Pop up to max_batch_size rows; 'off' takes a single request's rows."""
-        taken: list[tuple[BatchJob, int, int]] = []
-        room = self.max_batch_size
-        while self._jobs and room > 0:
-            job = self._jobs[0]
-            start = job.next_row
-            count = min(room, job.pending_rows)
-            job.next_row += count
-            room -= count
-            taken.append((job, start, start + count))
-            if job.pending_rows == 0:
-                self._jobs.popleft()
-            if self.policy == "off":
-                break
-        self._queued_rows -= sum(stop - start for _, start, stop in taken)
-        return taken
-
-    def _execute(self, batch: list[tuple[BatchJob, int, int]]) -> None:
-        self._report_depth(self._queued_rows)
+    def _execute(self, batch: list[Part]) -> None:
+        self._report_depth(self._lanes.interactive_rows)
         live = [part for part in batch if part[0].start()]
         if not live:
             return
@@ -276,7 +285,8 @@ class MicroBatcher:
         inputs = assemble_inputs(live, padded)
         failed = False
         try:
-            outputs = self._run_batch(inputs)
+            with tracing.batch_span([job for job, _, _ in live], started, batch_id=batch_id, images=size, padded=padded):
+                outputs = self._run_batch(inputs)
             if output_rows(outputs) != padded:
                 raise ModelCallFailed(f"model returned {output_rows(outputs)} rows for a batch of {padded}")
         except Exception as err:  # noqa: BLE001 - any model failure fails exactly this batch
@@ -311,9 +321,8 @@ class MicroBatcher:
     def _fail(self, job: BatchJob, error: Exception) -> None:
         with self._cond:
             # The rest of a failed request must not run: take its remaining rows out too.
-            if job in self._jobs:
-                self._jobs.remove(job)
-                self._queued_rows -= job.pending_rows
+            self._lanes.remove(job)
+            self._lanes.note_idle(self._arriving)
         if not job.future.done():
             job.future.set_exception(error)
 

@@ -73,11 +73,15 @@ class BatchJob:
     done_rows: int = 0
     output: Outputs | None = None
     abandoned: bool = False
+    background: bool = False
+    """A whole-plate job's images: taken only into a batch's spare room."""
     batch_ids: list[int] = field(default_factory=list)
     first_batch_at: float | None = None
     """When the first batch holding its images started (queue wait ends)."""
     model_s: float = 0.0
     """Time of the model calls that held its images."""
+    trace_context: object | None = None
+    """The submitting request's trace context (service.tracing), None when tracing is off."""
 
     @property
     def pending_rows(self) -> int:
@@ -105,15 +109,16 @@ class BatchJob:
 class Reservation:
     """Room claimed in a batcher for one request's images; see `MicroBatcher.reserve`."""
 
-    def __init__(self, batcher: MicroBatcher, images: int) -> None:
+    def __init__(self, batcher: MicroBatcher, images: int, background: bool = False) -> None:
         self.batcher = batcher
         self.images = images
+        self.background = background
         self._settled = False
 
     def submit(self, rows: NDArray[np.float32]) -> BatchJob:
         """Queue the prepared rows; the reservation is settled whether or not this succeeds."""
         self._settled = True
-        return self.batcher.submit(rows, announced=self.images)
+        return self.batcher.submit(rows, announced=self.images, background=self.background)
 
     def __enter__(self) -> Self:
         return self
