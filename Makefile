@@ -8,7 +8,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup setup-dev run test train train-lofo bench fuzz fuzz-api fuzz-decoders clean
+.PHONY: setup setup-dev run test train train-lofo train-seeds bench bench-venv fuzz fuzz-api fuzz-decoders clean
 
 # The service shares the client's well names (cpe_client.wells, stdlib only): the client package
 # is installed without its own dependencies (httpx, matplotlib) into the runtime.
@@ -37,11 +37,35 @@ test: setup-dev  ## the whole suite, as CI runs it
 train: setup-dev  ## regenerate synthetic data (generator v2), train, gate and export model_repository/cpe_cnn/2
 	$(PY) -m training.train
 
+# The reduced background runs the card quotes (each a few trainings); niced, as they share the
+# machine. LOFO_ARGS='--hold-out v1,faint --merge' adds folds to the committed table.
+NICE ?= nice -n 19
 train-lofo: setup-dev  ## leave-one-family-out validation of the recipe -> training/results/lofo.{json,md}
-	$(PY) -m training.lofo
+	$(NICE) $(PY) -m training.lofo $(LOFO_ARGS)
 
-bench: setup-dev  ## side-by-side throughput/latency table (see README, Performance)
-	$(PY) -m bench.run
+train-seeds: setup-dev  ## the recipe from three init seeds, plateau escape and spread -> training/results/seeds.{json,md}
+	$(NICE) $(PY) -m training.seeds $(SEEDS_ARGS)
+
+# The peers (naive Flask under Gunicorn, Ray Serve) and py-spy live in a venv of their own, never the
+# service's: the service's hash-pinned runtime (the same tensorflow-cpu) plus bench/requirements.txt,
+# resolved with the runtime's pins as constraints so nothing they share moves.
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: requirements.lock bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip --disable-pip-version-check -q install --require-hashes -r requirements.lock
+	grep -E '^[A-Za-z0-9_.-]+==' requirements.lock | sed 's/ *\\$$//' > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/python -m pip --disable-pip-version-check -q install -r bench/requirements.txt \
+		-c $(BENCH_VENV)/constraints.txt
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.installed  ## the peers' venv for `make bench` (Ray Serve, py-spy)
+
+# wrk (the cross-check load generator) is a Debian package: `apt-get install wrk`; without it the
+# report leaves the wrk columns empty and says so. BENCH_QUICK=1: the smoke run (11 min on a busy box).
+bench: setup-dev bench-venv  ## peers side by side, wrk cross-check, CPU by stage (~22 min), then the cost of explanations (~3 min; bench/README.md)
+	@command -v wrk >/dev/null || echo "note: wrk not installed (apt-get install wrk): no wrk cross-check"
+	BENCH_PYTHON=$(abspath $(BENCH_VENV))/bin/python $(PY) -m bench.run $(if $(BENCH_QUICK),--quick) $(BENCH_ARGS)
+	$(PY) -m bench.explain
 
 fuzz-api: setup-dev  ## schemathesis: >= 2,000 generated requests against Gunicorn, 0 5xx
 	$(PY) -m fuzz.api --cases 2000

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     """A file of SHA-256 hex digests of API keys, one per line (# comments): no key in clear."""
 
     public_paths: str = "/healthz,/readyz,/metrics"
-    """Comma-separated paths that answer without a key (probes and the Prometheus scrape)."""
+    """Comma-separated paths that answer without a key (probes and the Prometheus scrape); an entry
+    ending in "/" opens everything under it (e.g. "/docs/assets/")."""
 
     metrics_port: int | None = Field(None, gt=0, lt=65536)
     """Serve /metrics only on this second port (and nothing else there); unset: on the main port."""
@@ -62,6 +63,15 @@ class Settings(BaseSettings):
 
     tile_overlap: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction by which neighbouring tiles overlap."""
+
+    explain_max_concurrency: int = Field(1, gt=0)
+    """Explanations (Grad-CAM: a backward pass) computed at once per worker, outside the batcher."""
+
+    explain_max_wait_s: float = Field(2.0, ge=0)
+    """How long an explanation waits for a free slot before 503 `queue_full` + Retry-After."""
+
+    explain_overlay_max_side_px: int = Field(680, ge=16)
+    """Longest side of the PNG overlay (the model's input is shrunk to fit: half of 1360 px)."""
 
     max_decoded_image_bytes: int = Field(128 * 1024 * 1024, gt=0)
     """Header-predicted peak bytes of decoding one image (ImageLimits.max_decoded_bytes): about
@@ -90,6 +100,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, gt=0)
     """Most images one model call takes; larger requests are split across calls."""
 
+    auto_batch_size: bool = True
+    """On a CPU, use the smallest batch size (<= max_batch_size) within 10% of the best cost per
+    image measured at warm-up (`service/batching/concurrency.py`); false always uses the maximum."""
+
     max_batch_delay_ms: float = Field(5.0, ge=0)
     """Longest time the first image of a batch waits for others to join it."""
 
@@ -113,6 +127,41 @@ class Settings(BaseSettings):
     pad_to_allowed_batch_sizes: bool = False
     """Pad batches to powers of two (TF Serving's allowed_batch_sizes): fewer shapes to warm,
     but on CPU the padding rows cost real compute (bench: small CNN 359 -> 538 images/s off)."""
+
+    # --- whole-plate jobs (service/jobs) --------------------------------------------------------
+    data_dir: Path | None = None
+    """Writable directory for the service's state: the jobs database `jobs.sqlite` when no
+    jobs_database_url is set. With neither, /jobs answers 503 jobs_disabled."""
+
+    jobs_database_url: str | None = Field(None, repr=False)
+    """SQLAlchemy URL of a shared job table, e.g. postgresql+psycopg://user:pw@host/db: every
+    replica and worker then claims work from it (SQLite under data_dir otherwise)."""
+
+    jobs_database_password_file: Path | None = None
+    """A file holding the database password (a Compose or Kubernetes secret), so that the URL
+    needs none in clear."""
+
+    jobs_input_root: Path | None = None
+    """Mounted directory that job manifests name files under; nothing outside it is read.
+    Unset: only uploaded images are accepted."""
+
+    jobs_retention_s: float = Field(7 * 24 * 3600.0, gt=0)
+    """Finished (succeeded, failed, cancelled) jobs and their results are deleted this long after."""
+
+    jobs_max_items: int = Field(20_000, gt=0)
+    """Most images in one job (a 384-well plate at 9 sites is 3,456)."""
+
+    jobs_max_queued_images: int = Field(1, gt=0)
+    """Images a worker's job runner claims and queues at once, in batches of their own once no
+    interactive image is queued, announced or running. On a CPU one keeps the interactive p99
+    where it was (a batch costs per row); on a GPU, where rows are nearly free, raise it."""
+
+    jobs_lease_s: float = Field(60.0, gt=0)
+    """A worker's claim on job items expires after this long without renewal: a killed worker's
+    items are then claimed by another."""
+
+    jobs_poll_interval_s: float = Field(1.0, gt=0)
+    """How often an idle worker looks for job items to claim."""
 
     # --- runtime --------------------------------------------------------------------------------
     tf_intra_op_threads: int = Field(0, ge=0)
@@ -192,5 +241,9 @@ class ServerSettings(BaseSettings):
 
     request_read_timeout_s: float = Field(30.0, gt=0)
     """Total time a request may take to send its headers and body; then 408 and the thread is freed."""
+
+    request_buffer_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    """Bytes of request bodies a worker's event loop may hold before giving requests a thread
+    (then further bodies wait unread); 0 reads bodies in the request threads instead."""
 
     worker_timeout_s: int = Field(120, gt=0)

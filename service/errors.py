@@ -157,6 +157,20 @@ class DecodeBudgetExhausted(ServiceError):
     retry_after_s = 1
 
 
+class ExplainUnavailable(ServiceError):
+    """The model version cannot explain (no `explain` signature in its SavedModel)."""
+
+    status_code = 501
+    code = "explain_unavailable"
+
+
+class NotAcceptable(ServiceError):
+    """No representation the client accepts (e.g. one PNG asked for several images)."""
+
+    status_code = 406
+    code = "not_acceptable"
+
+
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[\w.@+~-]+/)+([\w.@+~-]+)")
 
 
@@ -167,3 +181,63 @@ def redact_paths(text: str) -> str:
     server's log keeps the full message, a client sees `…/saved_model.pb`.
     """
     return _ABSOLUTE_PATH.sub(r"…/\1", text)
+
+
+# --- whole-plate jobs (service/jobs) -----------------------------------------------------------
+
+
+class JobsDisabled(ServiceError):
+    """No job database is configured (SERVING_DATA_DIR or SERVING_JOBS_DATABASE_URL)."""
+
+    status_code = 503
+    code = "jobs_disabled"
+
+
+class JobsDatabaseUnavailable(ServiceError):
+    """The job database cannot be reached (restarting, network): /predict is unaffected."""
+
+    status_code = 503
+    code = "jobs_database_unavailable"
+    retry_after_s = 5
+
+
+class JobNotFound(ServiceError):
+    status_code = 404
+    code = "job_not_found"
+
+
+class JobFinished(ServiceError):
+    """A job that already succeeded or failed cannot be cancelled."""
+
+    status_code = 409
+    code = "job_finished"
+
+
+class IdempotencyKeyReused(ServiceError):
+    """The same Idempotency-Key came with a different request (IETF httpapi idempotency draft)."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+
+class InvalidPath(InvalidInput):
+    """A manifest path that is absolute, empty or climbs with `..`."""
+
+    code = "invalid_path"
+
+
+class InputNotFound(InvalidInput):
+    code = "input_not_found"
+
+
+class InputRootNotConfigured(InvalidInput):
+    """A manifest of paths, but SERVING_JOBS_INPUT_ROOT is unset: only uploads are accepted."""
+
+    code = "input_root_not_configured"
+
+
+class PathOutsideInputRoot(ServiceError):
+    """A manifest path that resolves (through a symlink) outside the input root."""
+
+    status_code = 403
+    code = "path_outside_input_root"

@@ -27,15 +27,20 @@ if not os.access(_metrics_dir, os.W_OK):
     raise SystemExit(f"PROMETHEUS_MULTIPROC_DIR={_metrics_dir} is not writable by uid {os.getuid()}")
 
 from service.config import ServerSettings  # after the metrics directory, see above
-from service.logs import gunicorn_logconfig
+from service.logs import NativeStderr, gunicorn_logconfig
 
 _server = ServerSettings()
 
-# Slow or stalled clients get 408 instead of holding a thread (gthread has no read timeout).
-os.environ["SERVING_REQUEST_READ_TIMEOUT_S"] = str(_server.request_read_timeout_s)
+# With oneDNN (TensorFlow's default on x86) CPU tensors come from a BFC pool that never shrinks:
+# one warm-up call at batch 8 of the paper CNN kept the worker at 2.7 GB for life. The system
+# allocator hands large activations back after each call (0.8 GB). Workers import TensorFlow
+# after the fork, so setting it here is early enough; an explicit value in the environment wins.
+os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 bind = [f"{_server.host}:{_server.port}"]
 if _server.metrics_port is not None:
     bind.append(f"{_server.host}:{_server.metrics_port}")
+# Requests are read whole by the worker's event loop before they get a thread, within one read
+# deadline (SERVING_REQUEST_READ_TIMEOUT_S): slow or stalled clients get 408 and hold no thread.
 worker_class = "service.gunicorn_worker.DeadlineThreadWorker"
 workers = _server.workers
 threads = _server.threads
@@ -48,15 +53,29 @@ preload_app = False
 accesslog = None  # the app writes its own JSON access log with request ids
 errorlog = "-"
 # Every line the process writes is one JSON object: Gunicorn's own loggers too.
-logconfig_dict = gunicorn_logconfig(os.environ.get("SERVING_LOG_LEVEL", "INFO"))
+logconfig_dict = gunicorn_logconfig(os.environ.get("SERVING_LOG_LEVEL", "INFO"),
+                                    os.environ.get("SERVING_LOG_LEVELS", ""))
+_native_stderr: NativeStderr | None = None
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Route the worker's fd 2 through the JSON wrapper before TensorFlow's C++ code writes there."""
+    global _native_stderr
+    _native_stderr = NativeStderr()
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Drain the worker's batchers so accepted images are answered before the process ends."""
     app = getattr(worker, "wsgi", None)
-    manager = getattr(app, "extensions", {}).get("serving") if app is not None else None
+    extensions = getattr(app, "extensions", {}) if app is not None else {}
+    jobs = extensions.get("serving.jobs")
+    if jobs is not None:  # first: its items in hand go back to the queue for another worker
+        jobs.close(timeout_s=_server.graceful_timeout_s / 2)
+    manager = extensions.get("serving")
     if manager is not None:
         manager.close(timeout_s=_server.graceful_timeout_s)
+    if _native_stderr is not None:
+        _native_stderr.close()
 
 
 def on_exit(server: Any) -> None:

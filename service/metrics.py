@@ -57,6 +57,10 @@ MODEL_LATENCY = Histogram(
     "serving_model_latency_seconds", "Duration of one model call (one batch).",
     ["model", "version", "backend"], buckets=_LATENCY_BUCKETS_S,
 )
+EXPLAIN_LATENCY = Histogram(
+    "serving_explain_latency_seconds", "Computing one request's Grad-CAM maps (outside the batcher).",
+    ["model"], buckets=_LATENCY_BUCKETS_S,
+)
 BATCH_FAILURES = Counter("serving_batch_failures_total", "Model calls that raised.", ["model"])
 BATCHER_RESTARTS = Counter(
     "serving_batcher_restarts_total", "Batcher threads that died and were restarted.", ["model"]

@@ -16,13 +16,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service import metrics, tiling
+from service import metrics, tiling, tracing
 from service.codecs.images import DecodeBudget, ImageLimits, decode_image
 from service.config import Settings
 from service.errors import (
@@ -35,6 +34,7 @@ from service.errors import (
     ShuttingDown,
     TooManyImages,
 )
+from service.explain import Explainer, Explanation
 from service.models import ModelInfo, ModelManager
 from service.models.servable import Servable
 from service.preprocessing import prepare_into
@@ -80,11 +80,17 @@ class InputRecord:
     dtype: str
     bit_depth: int | None
 
-    @cached_property
+    _sha256: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
     def sha256(self) -> str | None:
         """Hashed only when an answer shows it (/predict): ~1.5 ms per 2.7 MB field that the
-        TF Serving and v2 routes would otherwise pay for nothing."""
-        return hashlib.sha256(self.encoded).hexdigest() if self.encoded is not None else None
+        TF Serving and v2 routes would otherwise pay for nothing. (Not `cached_property`: on
+        Python 3.11 it takes one lock shared by every instance, which concurrent requests
+        queued on.)"""
+        if self._sha256 is None and self.encoded is not None:
+            object.__setattr__(self, "_sha256", hashlib.sha256(self.encoded).hexdigest())  # frozen: a cache
+        return self._sha256
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,9 @@ class InferenceResult:
     tiles: list[TileSummary | None] = field(default_factory=list)
     """Per image: its tile grid and aggregates when it was tiled, None when resized."""
     timings_s: dict[str, float] = field(default_factory=dict)
-    """Wall seconds by stage: decode (and prepare), queue (wait for a batch), model, tiles."""
+    """Wall seconds by stage: decode (and prepare), queue (wait for a batch), model, tiles, explain."""
+    explanations: list[Explanation] | None = None
+    """Per image, its Grad-CAM map when the request asked for one (`service.explain`)."""
 
 
 def decode_b64(text: object, where: str) -> bytes:
@@ -132,6 +140,8 @@ class Pipeline:
         # Decoded pixels in flight across the worker's threads: 16 threads decoding 64-megapixel
         # fields at once would otherwise outgrow the pod.
         self.decode_budget = DecodeBudget(settings.decode_budget_bytes)
+        self.explainer = Explainer(settings.explain_max_concurrency, settings.explain_max_wait_s,
+                                   settings.max_batch_size)
 
     def check_image_count(self, count: int) -> None:
         """Refuse a request with more images than the limit (413) before decoding any."""
@@ -140,13 +150,17 @@ class Pipeline:
             raise TooManyImages(f"{count} images in one request; the limit is {limit}")
 
     def run(self, images: Sequence[ImageInput], route: ModelRoute, deadline: float,
-            qc_mode: QcMode = "warn", tiling: TilingMode = "auto") -> InferenceResult:
+            qc_mode: QcMode = "warn", tiling: TilingMode = "auto", explain: bool = False,
+            background: bool = False) -> InferenceResult:
         """Classify `images` with the routed model version, by `deadline` (time.monotonic()).
 
         A request that picked a version just as it was being swapped out is re-routed once to
         the new version instead of failing: it was accepted, so it must not be lost. Its images
         are decoded once and only prepared again if the new version's input shape differs.
         Images that are tiled (`service.tiling`) then send their tiles, in batch-sized chunks.
+        With `explain`, each image's Grad-CAM map is computed once it is labelled
+        (`service.explain`; a tiled image's map is of its best tile). `background` (whole-plate
+        jobs) queues the images behind every interactive one.
         """
         self.check_image_count(len(images))
         prepared: dict[tuple[int, int, int], NDArray[np.float32]] = {}
@@ -159,10 +173,11 @@ class Pipeline:
             assert info is not None, "an available servable has its signature"
             shape = (info.height, info.width, info.channels)
             try:
-                with servable.reserve(len(images)) as reservation:
+                with servable.reserve(len(images), background) as reservation:
                     if shape not in prepared:
                         decode_started = time.monotonic()
-                        prepared[shape] = self._prepare(images, info, records, deadline, large, tiling)
+                        with tracing.span("decode", images=len(images)):
+                            prepared[shape] = self._prepare(images, info, records, deadline, large, tiling)
                         decode_s = time.monotonic() - decode_started
                     answer = servable.run(prepared[shape], reservation, deadline - time.monotonic())
             except (ShuttingDown, ModelNotReady):
@@ -171,15 +186,21 @@ class Pipeline:
                 _log.info("model %s version %s went away mid-request; re-routing", info.name, info.version)
                 continue
             timings = {"decode": decode_s, "queue": answer.queue_s, "model": answer.model_s}
-            tiles = self._run_tiles(servable, info, large, tiling, answer.outputs, deadline, timings)
+            tiles = self._run_tiles(servable, info, large, tiling, answer.outputs, deadline, timings, background)
             result = self._label(answer.outputs, info, answer.batch_ids, records, qc_mode, tiles)
+            if explain:
+                explain_started = time.monotonic()
+                explanations = self.explainer.run(servable, prepared[shape], large, tiles, deadline,
+                                                  self.settings.tiling_factor, self.settings.tile_overlap)
+                timings["explain"] = time.monotonic() - explain_started
+                result = replace(result, explanations=explanations)
             result.timings_s.update(timings)
             return result
         raise AssertionError("unreachable")
 
     def _run_tiles(self, servable: Servable, info: ModelInfo, large: dict[int, NDArray[np.generic]],
                    mode: TilingMode, outputs: dict[str, NDArray[np.float32]],
-                   deadline: float, timings: dict[str, float]) -> list[TileSummary | None]:
+                   deadline: float, timings: dict[str, float], background: bool) -> list[TileSummary | None]:
         # NOTE: the large images' resized rows were run with the batch (one row each, cheap);
         # their answer is replaced by the tiles'.
         """Tile the large images, run their tiles, and put each image's best tile in its row."""
@@ -190,7 +211,10 @@ class Pipeline:
             if grid is None:
                 continue
             tiles_started = time.monotonic()
-            tile_outputs = run_tiles(servable, info, pixels, grid, deadline, self.settings.max_batch_size)
+            # A job's tiles wait behind interactive images, a few at a time (its queue's size).
+            chunk = min(servable.batch_size, self.settings.jobs_max_queued_images) if background \
+                else servable.batch_size
+            tile_outputs = run_tiles(servable, info, pixels, grid, deadline, chunk, background)
             timings["tiles"] = timings.get("tiles", 0.0) + time.monotonic() - tiles_started
             tile_probabilities = tile_outputs[info.output_key]
             _, calls, column = info.decide(tile_probabilities)

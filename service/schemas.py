@@ -64,6 +64,8 @@ class PredictParams(BaseModel):
     qc: Literal["reject", "warn", "off"] = Field(
         "warn", description="Quality/out-of-distribution gate: 'reject' answers label null for rejected "
                             "images, 'warn' reports and still labels, 'off' skips it.")
+    explain: bool = Field(False, description="/predict: add each image's Grad-CAM map (POST /explain always does).")
+    overlay: bool = Field(True, description="With an explanation, include its PNG overlay (base64).")
 
 
 class QcResult(BaseModel):
@@ -108,6 +110,22 @@ class TilingResult(BaseModel):
     p_grid: list[list[float]] = Field(description="p(positive class) per tile, row by row")
 
 
+class ExplanationResult(BaseModel):
+    """Where the model saw the positive class: Grad-CAM on its last convolutional layer."""
+
+    method: Literal["grad-cam"]
+    target_class: str = Field(description="The class explained: the positive class, whatever the call.")
+    log_odds: float = Field(description="The positive class's log-odds, whose gradient weighs the feature maps.")
+    grid: list[int] = Field(description="[rows, columns] of the map: the last conv layer's grid.")
+    map: list[list[float]] = Field(description="The coarse map, row by row, in [0, 1] (1 at its peak); cell "
+                                               "[i, j] lies at cell_origin_px + [i, j] * cell_stride_px.")
+    tile: int | None = Field(None, description="Tiled image: the tile explained (its most infected).")
+    cell_origin_px: list[float] | None = Field(None, description="[y, x] input pixel under the map's first cell "
+                                                                 "(its receptive field's centre); absent: stretch.")
+    cell_stride_px: list[float] | None = Field(None, description="[y, x] input pixels between cells' centres.")
+    overlay_png: str | None = Field(None, description="Base64 PNG: the map over the image the model saw.")
+
+
 class Prediction(SampleInfo):
     """The answer for one image."""
 
@@ -117,6 +135,7 @@ class Prediction(SampleInfo):
     qc: QcResult | None = None
     input: InputProvenance | None = None
     tiling: TilingResult | None = Field(None, description="Present when the image was tiled; absent: resized.")
+    explanation: ExplanationResult | None = Field(None, description="With ?explain=true and on /explain.")
     probabilities: dict[str, float]
     model: str
     model_version: int

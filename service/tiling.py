@@ -100,7 +100,7 @@ def summarise(p_positive: NDArray[np.float32], positive: NDArray[np.bool_], grid
 
 
 def run_tiles(servable: Servable, info: ModelInfo, pixels: NDArray[np.generic], grid: TileGrid, deadline: float,
-              chunk: int) -> dict[str, NDArray[np.float32]]:
+              chunk: int, background: bool = False) -> dict[str, NDArray[np.float32]]:
     """Every tile through the batcher, `chunk` at a time, each chunk prepared only when it is
     sent: a montage holds a batch of float32 tiles at once, not all of them, and other
     requests' images are batched between its chunks (its fair share, not the whole queue)."""
@@ -109,7 +109,7 @@ def run_tiles(servable: Servable, info: ModelInfo, pixels: NDArray[np.generic], 
         count = min(chunk, grid.count - start)
         if deadline <= time.monotonic():
             raise BackendTimeout(f"no answer in time (tile {start} of {grid.count})")
-        with servable.reserve(count) as reservation:
+        with servable.reserve(count, background) as reservation:
             rows = np.empty((count, info.height, info.width, info.channels), dtype=np.float32)
             for offset in range(count):
                 prepare_into(crop(pixels, grid, start + offset), rows[offset])

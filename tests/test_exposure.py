@@ -99,6 +99,22 @@ def test_operation_ids_are_readable_and_unique() -> None:
     app.extensions["serving"].close()
 
 
+def test_the_openapi_document_says_which_routes_need_a_key() -> None:
+    open_app = _app()
+    spec = open_app.test_client().get("/openapi.json").json
+    assert "security" not in spec and set(spec["components"]["securitySchemes"]) == {"bearerKey", "apiKeyHeader"}
+    keyed = _app(api_keys="alpha", public_paths="/healthz,/openapi.json,/docs,/docs/assets/")
+    client = keyed.test_client()
+    spec = client.get("/openapi.json").json
+    assert client.get("/docs").status_code == 200 and client.get("/docs/assets/nothing-here").status_code == 404
+    assert client.get("/status").status_code == 401
+    assert spec["security"] == [{"bearerKey": []}, {"apiKeyHeader": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    assert "security" not in spec["paths"]["/predict"]["post"]  # the document's default: a key
+    for app in (open_app, keyed):
+        app.extensions["serving"].close()
+
+
 def test_build_info_names_the_running_release() -> None:
     import platform
 

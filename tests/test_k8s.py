@@ -29,7 +29,7 @@ from tests.integration.containers import DEPLOY_TOOLS, built_image, podman, requ
 from tests.integration.servers import free_port
 
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu", "tfserving")
+OVERLAYS = ("cpu", "gpu", "tfserving", "jobs-postgres")
 KUBERNETES_VERSION = "1.32.0"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
@@ -130,10 +130,37 @@ def test_every_overlay_renders_with_its_objects(rendered: dict[str, Path]) -> No
     ]
     assert config["data"]["SERVING_BACKEND"] == "tfserving_grpc"
     assert config["data"]["SERVING_TFSERVING_TARGET"] == "cpe-tfserving:8500"
+    for path in rendered.values():  # the data directory's volume, in every overlay
+        spec = _deployment(path)["spec"]["template"]["spec"]
+        assert {"name": "data", "mountPath": "/data"} in spec["containers"][0]["volumeMounts"]
+        assert {v["name"] for v in spec["volumes"]} >= {"tmp", "data"}
     pvc = _deployment(rendered["cpu+model-pvc"])["spec"]["template"]["spec"]
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in pvc["containers"][0][
         "volumeMounts"
     ]
+
+
+def test_jobs_overlay_reads_the_database_password_from_a_secret_file(rendered: dict[str, Path]) -> None:
+    objects = _objects(rendered["jobs-postgres"].read_text())
+    (config,) = [o for o in objects
+                 if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("cpe-serving-config")]
+    url = config["data"]["SERVING_JOBS_DATABASE_URL"]
+    assert url.startswith("postgresql://") and ":" not in url.split("//", 1)[1].split("@", 1)[0]  # no password
+    assert not [o for o in objects if o["kind"] == "Secret"]  # created by the operator, never committed
+    spec = _deployment(rendered["jobs-postgres"])["spec"]["template"]["spec"]
+    (api,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["jobs-db"]["secret"]["secretName"] == "cpe-serving-jobs-db"
+    password_file = Path(config["data"]["SERVING_JOBS_DATABASE_PASSWORD_FILE"])
+    mounts = {m["name"]: m for m in api["volumeMounts"]}
+    assert password_file.parent == Path(mounts["jobs-db"]["mountPath"]) and mounts["jobs-db"]["readOnly"]
+    assert mounts["plates"] == {"name": "plates", "mountPath": config["data"]["SERVING_JOBS_INPUT_ROOT"],
+                                "readOnly": True}
+    assert volumes["plates"]["persistentVolumeClaim"]["claimName"] in {
+        o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    assert not any("valueFrom" in env for env in api.get("env", []))
+    assert {o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"} == {
+        "cpe-serving", "cpe-serving-postgres-egress"}
 
 
 def test_objects_validate_against_kubernetes(rendered: dict[str, Path]) -> None:

@@ -62,6 +62,7 @@ class StandInServer(
         self.batch_sizes: list[int] = []
         self._batchers: dict[tuple[str, str], MicroBatcher] = {}
         self.predict_calls = 0
+        self.predict_metadata: list[dict[str, str]] = []  # each Predict's gRPC metadata (traceparent...)
         self._lock = threading.Lock()
 
     def _servable(self, spec: Any, context: grpc.ServicerContext) -> _Servable:
@@ -92,6 +93,7 @@ class StandInServer(
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Missing input: {sorted(missing)}")
         with self._lock:
             self.predict_calls += 1
+            self.predict_metadata.append({item.key: item.value for item in context.invocation_metadata()})
         if self.delay_s:
             time.sleep(self.delay_s)
         function = servable.loaded.signatures[signature_name]

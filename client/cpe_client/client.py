@@ -1,9 +1,12 @@
-"""The HTTP side: POST /predict as multipart with retries, GET /status for the server's limits."""
+"""The HTTP side: POST /predict as multipart with retries, GET /status for the server's limits,
+and whole-plate jobs (POST /jobs, then follow and read them)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +183,52 @@ class Client:
 
         return run_plate(self, Path(directory), Path(out), **options)
 
+    def submit_job(self, items: Sequence[dict[str, Any]] | None = None, uploads: Sequence[Upload] | None = None,
+                   idempotency_key: str | None = None, **params: Any) -> dict[str, Any]:
+        """POST /jobs: a manifest (`items`, each with a `path` under the server's input root and
+        optional plate/well/site...) or `uploads`; `params` are model, version, qc, tiling.
+
+        Retries are safe: every attempt carries the same Idempotency-Key (random when not
+        given), so the server answers them all with one job.
+        """
+        if (items is None) == (uploads is None):
+            raise ValueError("give either items (a manifest) or uploads")
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        if items is not None:
+            return self._with_retries(  # type: ignore[no-any-return]
+                lambda: self._http.post("/jobs", params=params, json={"items": list(items)}, headers=headers))
+        files = [("image", (u.name, u.data, _CONTENT_TYPES.get(Path(u.name).suffix.lower(), "application/octet-stream")))
+                 for u in uploads or ()]
+        data = {"metadata": json.dumps([u.metadata for u in uploads or ()])}
+        return self._with_retries(  # type: ignore[no-any-return]
+            lambda: self._http.post("/jobs", params=params, files=files, data=data, headers=headers))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """GET /jobs/{id}: state, progress (done/total, images/s, ETA) and errors."""
+        return self._with_retries(lambda: self._http.get(f"/jobs/{job_id}"))  # type: ignore[no-any-return]
+
+    def job_results(self, job_id: str) -> dict[str, Any]:
+        """GET /jobs/{id}/results: per-image rows, per-well and per-plate summaries."""
+        return self._with_retries(lambda: self._http.get(f"/jobs/{job_id}/results"))  # type: ignore[no-any-return]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """DELETE /jobs/{id}."""
+        return self._with_retries(lambda: self._http.delete(f"/jobs/{job_id}"))  # type: ignore[no-any-return]
+
+    def wait_job(self, job_id: str, poll_s: float = 2.0, timeout_s: float | None = None) -> dict[str, Any]:
+        """Poll a job until it is succeeded, failed or cancelled; returns its last status.
+
+        Raises:
+            TimeoutError: still running after `timeout_s`.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while (status := self.job(job_id))["state"] in ("queued", "running"):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {status['state']} after {timeout_s} s")
+            if self._stop.wait(poll_s):
+                raise Stopped()
+        return status
+
     def _with_retries(self, send: Callable[[], httpx.Response]) -> Any:
         error: ApiError | None = None
         for attempt in range(self.retry.max_attempts):
@@ -190,7 +239,7 @@ class Client:
             except httpx.TransportError as err:  # refused, reset, timed out: worth another try
                 error = ApiError(None, "connection_error", f"{type(err).__name__}: {err}")
             else:
-                if response.status_code == 200:
+                if response.status_code in (200, 202):  # 202: a job accepted
                     return response.json()
                 error = ApiError.from_response(response)
                 if response.status_code not in RETRY_STATUSES:

@@ -16,7 +16,7 @@ from typing import IO, Any
 from flask import Flask, Request, request
 
 from service.errors import BodyTooLarge, RequestTimeout
-from service.gunicorn_worker import ReadDeadlineExceeded, disarm_read_deadline, enter_body_phase
+from service.read_deadline import ReadDeadlineExceeded, disarm_read_deadline, enter_body_phase
 
 _CHUNK_BYTES = 1 << 20
 

@@ -57,14 +57,14 @@ def check_image_count(count: int) -> None:
 
 
 def run_inference(images: Sequence[ImageInput], route: ModelRoute, qc_mode: QcMode = "warn",
-                  tiling: TilingMode = "never") -> InferenceResult:
+                  tiling: TilingMode = "never", explain: bool = False) -> InferenceResult:
     """Run the pipeline within the request's deadline; record what the access log reports.
 
     Tiling is off unless the view asks: the TF Serving and v2 protocols answer one row per
     input, which a tiled image's grid does not fit.
     """
     g.images = len(images)
-    result = get_pipeline().run(images, route, g.deadline, qc_mode, tiling)
+    result = get_pipeline().run(images, route, g.deadline, qc_mode, tiling, explain)
     g.batch_ids = result.batch_ids
     g.model_version = result.info.version
     g.timings_s = result.timings_s

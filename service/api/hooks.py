@@ -9,9 +9,9 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from service import metrics
+from service import metrics, tracing
 from service.api.common import get_manager
-from service.gunicorn_worker import queued_at
+from service.read_deadline import queued_at
 
 _access_log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -75,3 +75,40 @@ def _model_label(requested: str | None, default_model: str) -> str:
     if requested is None or requested == default_model:
         return default_model
     return requested if requested in get_manager().model_names() else metrics.UNKNOWN_MODEL
+
+
+def install_request_spans(app: Flask) -> None:
+    """A server span per request, continuing the caller's W3C `traceparent`; nothing when off."""
+    tracer = tracing.tracer()
+    if tracer is None:
+        return
+    from opentelemetry import context, trace
+    from opentelemetry.propagate import extract
+
+    @app.before_request
+    def _start_span() -> None:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        span = tracer.start_span(f"{request.method} {route}", context=extract(request.headers),
+                                 kind=trace.SpanKind.SERVER,
+                                 attributes={"http.request.method": request.method, "http.route": route,
+                                             "url.path": request.path, "client.address": request.remote_addr or ""})
+        g.trace_span = span
+        g.trace_token = context.attach(trace.set_span_in_context(span))
+
+    @app.after_request
+    def _status(response: Response) -> Response:
+        span = g.get("trace_span")
+        if span is not None:
+            span.set_attribute("http.response.status_code", response.status_code)
+            span.set_attribute("request.id", g.get("request_id", ""))
+            if response.status_code >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+        return response
+
+    @app.teardown_request
+    def _end_span(_: BaseException | None) -> None:
+        span, token = g.pop("trace_span", None), g.pop("trace_token", None)
+        if span is not None:
+            span.end()
+        if token is not None:
+            context.detach(token)

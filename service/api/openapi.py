@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 document generated from the routes and their pydantic models, plus /docs.
+"""OpenAPI 3.1 document generated from the routes and their pydantic models (/openapi.json).
 
 Views declare what they take and answer with `@document(...)`; `build_spec` walks Flask's
 url_map, so every route appears with the schemas the code actually validates against.
@@ -6,7 +6,6 @@ url_map, so every route appears with the schemas the code actually validates aga
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service import __version__
+from service.api.auth import KEYS_EXTENSION
 from service.api.common import get_manager
+from service.api.examples import EXAMPLES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,18 +36,24 @@ class Operation:
     query: type[BaseModel] | None = None
     responses: dict[int, type[BaseModel] | dict[str, Any] | None] = field(default_factory=dict)
     response_media: str = "application/json"
+    example: dict[str, Any] | None = None
+    """An example of the 200 answer."""
+    also: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Other media types of the 200 answer (content negotiation) and their schemas."""
 
 
 def document(
     summary: str, *, tag: str, body: dict[str, type[BaseModel] | dict[str, Any]] | None = None,
     query: type[BaseModel] | None = None,
     responses: dict[int, type[BaseModel] | dict[str, Any] | None] | None = None,
-    response_media: str = "application/json",
+    response_media: str = "application/json", example: dict[str, Any] | None = None,
+    also: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[F], F]:
     """Attach an Operation to a view function."""
 
     def attach(view: F) -> F:
-        view.__openapi__ = Operation(summary, tag, body or {}, query, responses or {}, response_media)  # type: ignore[attr-defined]
+        view.__openapi__ = Operation(summary, tag, body or {}, query, responses or {}, response_media,  # type: ignore[attr-defined]
+                                     example, also or {})
         return view
 
     return attach
@@ -87,12 +94,21 @@ def _schema_of(item: type[BaseModel] | dict[str, Any], refs: dict[Any, Any], mod
     return dict(refs[(item, mode)])
 
 
+def _media(schema: dict[str, Any], examples: dict[Any, Any], key: Any) -> dict[str, Any]:
+    """A media type object, with its example when examples.py has one."""
+    media: dict[str, Any] = {"schema": schema}
+    if key in examples:
+        media["example"] = examples[key]
+    return media
+
+
 def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every documented route of `app`.
 
     `examples` gives path parameters real values (the served model names and versions), so
     clients and fuzzers start from requests that reach a model.
     """
+    keys = app.extensions.get(KEYS_EXTENSION)
     operations = []
     for rule in app.url_map.iter_rules():
         view = app.view_functions.get(rule.endpoint)
@@ -122,10 +138,11 @@ def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict
                 "parameters": parameters,
                 "responses": {},
             }
+            samples = EXAMPLES.get(rule.endpoint, {})
             if operation.body:
                 entry["requestBody"] = {
                     "required": True,
-                    "content": {media: {"schema": _schema_of(model, refs, "validation")}
+                    "content": {media: _media(_schema_of(model, refs, "validation"), samples.get("request", {}), media)
                                 for media, model in operation.body.items()},
                 }
             # Gunicorn itself refuses an over-long request line before the app sees it.
@@ -134,10 +151,18 @@ def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict
                 response: dict[str, Any] = {"description": _STATUS_TEXT.get(status, "response")}
                 if model is not None:
                     response["content"] = {operation.response_media if status < 400 else "application/json":
-                                           {"schema": _schema_of(model, refs, "serialization")}}
+                                           _media(_schema_of(model, refs, "serialization"),
+                                                  samples.get("responses", {}), status)}
+                if status == 200:
+                    content = response.setdefault("content", {})
+                    if operation.example is not None and operation.response_media in content:
+                        content[operation.response_media].setdefault("example", operation.example)
+                    content.update({media: {"schema": schema} for media, schema in operation.also.items()})
                 entry["responses"][str(status)] = response
+            if keys is not None and keys.is_public(rule.rule):
+                entry["security"] = []  # public even with keys configured
             paths.setdefault(path, {})[method.lower()] = entry
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "CPE serving",
@@ -146,13 +171,25 @@ def build_spec(app: Flask, examples: dict[str, list[Any]] | None = None) -> dict
                            "its own /predict API, TF Serving REST v1 and the Open Inference Protocol v2.",
         },
         "paths": paths,
-        "components": {"schemas": definitions.get("$defs", {})},
+        "components": {"schemas": definitions.get("$defs", {}), "securitySchemes": SECURITY_SCHEMES},
     }
+    if keys is not None:  # Swagger UI then offers "Authorize" and sends the key with "try it out"
+        spec["security"] = [{name: []} for name in SECURITY_SCHEMES]
+    return spec
+
+
+#: The two ways a request presents an API key (service/api_keys.py).
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearerKey": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 
 
 _STATUS_TEXT = {
     200: "OK", 400: "invalid input", 404: "unknown model or version", 413: "too large",
+    406: "no acceptable representation (e.g. one PNG asked for several images)",
     415: "unsupported media type", 422: "validation failed", 500: "model failure", 502: "backend error",
+    501: "not implemented for this model version (explain_unavailable)",
     503: "not ready, overloaded (Retry-After) or backend unavailable", 504: "timed out",
 }
 
@@ -163,9 +200,28 @@ MULTIPART_IMAGES = {
     "required": ["image"],
 }
 TEXT = {"type": "string"}
+PNG = _BINARY
+
+#: POST /explain's answer for one image (the map shortened to 3 of its 14 rows, the PNG elided).
+EXPLAIN_EXAMPLE: dict[str, Any] = {
+    "request_id": "9f1c2b7e", "model": "cpe_cnn", "model_version": 2,
+    "predictions": [{
+        "id": "field.tif", "label": "infected", "probabilities": {"uninfected": 0.012, "infected": 0.988},
+        "model": "cpe_cnn", "model_version": 2,
+        "explanation": {
+            "method": "grad-cam", "target_class": "infected", "log_odds": 4.44, "grid": [14, 19],
+            "map": [[0.0, 0.0, 0.12, 0.4, 0.61, 0.35, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                    [0.0, 0.08, 0.55, 1.0, 0.87, 0.42, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                    [0.0, 0.0, 0.31, 0.66, 0.52, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]],
+            "cell_origin_px": [112.5, 112.5], "cell_stride_px": [60.0, 60.0],
+            "overlay_png": "iVBORw0KGgoAAAANSUhEUgAAAqgAAAIACAIAAAD...",
+        },
+    }],
+}
 
 
-def _served_examples() -> dict[str, list[Any]]:
+def served_examples() -> dict[str, list[Any]]:
+    """The served model names and versions, as examples for the path parameters."""
     manager = get_manager()
     names = manager.model_names()
     versions = sorted({s.version for name in names for s in manager.versions(name) if s.version is not None})
@@ -174,29 +230,4 @@ def _served_examples() -> dict[str, list[Any]]:
 
 def openapi_view() -> Response:
     """GET /openapi.json."""
-    return jsonify(build_spec(current_app, _served_examples()))
-
-
-def docs_view() -> Response:
-    """GET /docs: the API, rendered from the same document (no external scripts needed)."""
-    spec = build_spec(current_app, _served_examples())
-    rows = []
-    for path, methods in spec["paths"].items():
-        for method, operation in methods.items():
-            codes = ", ".join(operation["responses"])
-            media = ", ".join(operation.get("requestBody", {}).get("content", {}))
-            rows.append(
-                f"<tr><td>{html.escape(operation['tags'][0])}</td><td><code>{method.upper()}</code></td>"
-                f"<td><code>{html.escape(path)}</code></td><td>{html.escape(operation['summary'])}</td>"
-                f"<td>{html.escape(media)}</td><td>{codes}</td></tr>"
-            )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>CPE serving API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{border-bottom:1px solid #ddd;padding:4px 8px;"
-        "text-align:left}code{font-size:0.95em}</style></head><body>"
-        "<h1>CPE serving API</h1><p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> "
-        "(OpenAPI 3.1, generated from the code's pydantic models).</p>"
-        "<table><tr><th>family</th><th>method</th><th>path</th><th>what</th><th>request body</th>"
-        "<th>responses</th></tr>" + "".join(rows) + "</table></body></html>"
-    )
-    return Response(page, mimetype="text/html")
+    return jsonify(build_spec(current_app, served_examples()))

@@ -46,7 +46,7 @@ def uploads_from_request(params: PredictParams) -> list[Upload]:
         if not files:
             raise NoImage(f"multipart body has no 'image' field (fields: {sorted(request.files)})")
         check_image_count(len(files))
-        samples = _multipart_metadata(len(files))
+        samples = multipart_metadata(len(files))
         return [
             Upload(EncodedImage(file.read(), params.page),
                    _with_default_id(sample, file.filename or str(index)))
@@ -88,7 +88,7 @@ def _with_default_id(sample: SampleInfo, default: str) -> SampleInfo:
     return sample if sample.id is not None else sample.model_copy(update={"id": default})
 
 
-def _multipart_metadata(count: int) -> list[SampleInfo]:
+def multipart_metadata(count: int) -> list[SampleInfo]:
     """The `metadata` part: one object per `image` part, in order (absent: ids only)."""
     raw: Any = request.form.get("metadata")
     if raw is None:

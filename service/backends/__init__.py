@@ -33,6 +33,9 @@ class Backend(Protocol):
         """Run (n, H, W, C) prepared images; return (n, classes) probabilities, or named outputs
         (row-aligned) holding `info.output_key` and the `info.extra_outputs` (QC measures)."""
 
+    # NOTE: a backend may also have `explain(batch) -> {"cam", "log_odds"}`, running the version's
+    # explain signature (service.explain); one without it (a test fake) answers 501.
+
     def reachable(self) -> bool:
         """False while the model cannot be reached (a remote server down); the servable then
         reports not available and /readyz fails."""

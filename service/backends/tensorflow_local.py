@@ -10,7 +10,13 @@ from numpy.typing import NDArray
 
 from service.config import Settings
 from service.models.repository import ModelVersion
-from service.models.signature import ModelInfo, build_model_info
+from service.models.signature import (
+    CAM_OUTPUT,
+    LOG_ODDS_OUTPUT,
+    ModelInfo,
+    build_model_info,
+    explain_signature,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -76,7 +82,9 @@ class TensorflowLocalBackend:
         _, input_specs = self._function.structured_input_signature
         input_shapes = {key: spec.shape.as_list() for key, spec in input_specs.items()}
         output_keys = list(self._function.structured_outputs)
-        self.info = build_model_info(version, signature_name, input_shapes, output_keys)
+        explain = explain_signature({name: list(function.structured_outputs)
+                                     for name, function in self._loaded.signatures.items()})
+        self.info = build_model_info(version, signature_name, input_shapes, output_keys, explain)
         _log.info("loaded %s version %d from %s", version.name, version.version, version.path)
         return self.info
 
@@ -87,6 +95,15 @@ class TensorflowLocalBackend:
         outputs = self._function(**{self.info.input_key: tf.constant(batch, dtype=tf.float32)})
         wanted = (self.info.output_key, *self.info.extra_outputs)
         return {name: outputs[name].numpy() for name in wanted}
+
+    def explain(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        """Run the version's explain signature (Grad-CAM maps and log-odds of the positive class)."""
+        import tensorflow as tf
+
+        assert self.info is not None and self.info.explain_signature is not None, "an explainable version"
+        function = self._loaded.signatures[self.info.explain_signature]
+        outputs = function(**{self.info.input_key: tf.constant(batch, dtype=tf.float32)})
+        return {name: outputs[name].numpy() for name in (CAM_OUTPUT, LOG_ODDS_OUTPUT)}
 
     def reachable(self) -> bool:
         """In-process: reachable whenever loaded."""

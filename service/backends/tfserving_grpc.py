@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 from numpy.typing import NDArray
 
+from service import tracing
 from service.config import Settings
 from service.errors import (
     BackendTimeout,
@@ -28,7 +29,13 @@ from service.errors import (
 )
 from service.models.metadata import check_preprocessing_skew, read_metadata
 from service.models.repository import ModelVersion
-from service.models.signature import ModelInfo, build_model_info
+from service.models.signature import (
+    CAM_OUTPUT,
+    LOG_ODDS_OUTPUT,
+    ModelInfo,
+    build_model_info,
+    explain_signature,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -133,10 +140,11 @@ class TfServingGrpcBackend:
         """False while the channel is in TRANSIENT_FAILURE (TF Serving down)."""
         return self._connectivity != grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
-    def _model_spec(self) -> Any:
+    def _model_spec(self, signature_name: str | None = None) -> Any:
         from tensorflow_serving.apis import model_pb2
 
-        spec = model_pb2.ModelSpec(name=self.remote_model_name, signature_name=self._settings.signature_name)
+        spec = model_pb2.ModelSpec(name=self.remote_model_name,
+                                   signature_name=signature_name or self._settings.signature_name)
         if self._settings.model_version is not None:
             spec.version.value = self._settings.model_version
         elif self._settings.model_version_label:
@@ -152,7 +160,9 @@ class TfServingGrpcBackend:
             if remaining <= 0:
                 raise BackendTimeout(f"TF Serving {what}: no answer within {settings.grpc_timeout_s:g} s")
             try:
-                return method(request, timeout=remaining)
+                # The client span's W3C traceparent travels in the call's metadata to TF Serving.
+                with tracing.span(f"tensorflow.serving/{what}", client=True, **{"rpc.system": "grpc"}):
+                    return method(request, timeout=remaining, metadata=tracing.grpc_metadata())
             except grpc.RpcError as err:
                 # NOTE: UNAVAILABLE with wait_for_ready off means the channel had no connection,
                 # so the request never left this process: retrying cannot run it twice.
@@ -216,19 +226,30 @@ class TfServingGrpcBackend:
             metadata=read_metadata(local_dir),
         )
         check_preprocessing_skew(version.name, version_number, version.metadata)
-        self.info = build_model_info(version, signature_name, input_shapes, list(signature.outputs))
+        explain = explain_signature({name: list(sig.outputs) for name, sig in signatures.signature_def.items()})
+        self.info = build_model_info(version, signature_name, input_shapes, list(signature.outputs), explain)
         _log.info("TF Serving at %s serves %s version %d", self._settings.tfserving_target,
                   spec.name, version_number)
         return self.info
 
     def predict(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        assert self.info is not None, "load() first"
+        return self._predict([self.info.output_key, *self.info.extra_outputs], batch)
+
+    def explain(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        """TF Serving runs the version's explain signature (Predict with its signature name)."""
+        assert self.info is not None and self.info.explain_signature is not None, "an explainable version"
+        return self._predict([CAM_OUTPUT, LOG_ODDS_OUTPUT], batch, self.info.explain_signature)
+
+    def _predict(self, wanted: list[str], batch: NDArray[np.float32],
+                 signature_name: str | None = None) -> dict[str, NDArray[np.float32]]:
         from tensorflow_serving.apis import predict_pb2
 
         assert self.info is not None, "load() first"
-        wanted = [self.info.output_key, *self.info.extra_outputs]
-        request = predict_pb2.PredictRequest(model_spec=self._model_spec(), output_filter=wanted)
+        request = predict_pb2.PredictRequest(model_spec=self._model_spec(signature_name), output_filter=wanted)
         request.inputs[self.info.input_key].CopyFrom(_to_tensor_proto(batch))
-        response = self._call(self._predict_stub.Predict, request, "Predict")
+        what = f"Predict ({signature_name})" if signature_name else "Predict"
+        response = self._call(self._predict_stub.Predict, request, what)
         missing = [name for name in wanted if name not in response.outputs]
         if missing:
             raise RemoteBackendError(f"TF Serving response lacks outputs {missing}")

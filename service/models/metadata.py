@@ -83,6 +83,16 @@ class QcSpec(_Open):
     """Bit depths of the images the model was trained on; others are flagged `bit_depth`."""
 
 
+class ExplainSpec(_Open):
+    """Where the explain signature's map lies on the model's input (training.gradcam)."""
+
+    layer: str | None = None
+    cell_origin_px: list[float] | None = None
+    """[y, x] of the centre of the map's first cell, in input pixels (receptive-field centre)."""
+    cell_stride_px: list[float] | None = None
+    """[y, x] distance between neighbouring cells' centres, in input pixels."""
+
+
 class VersionMetadata(_Open):
     """The typed form of a version's metadata.json."""
 
@@ -97,6 +107,7 @@ class VersionMetadata(_Open):
     decision_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """p(positive class) at or above which the positive class is called (argmax when unset)."""
     qc: QcSpec = Field(default_factory=QcSpec)
+    explain: ExplainSpec = Field(default_factory=ExplainSpec)
 
 
 def read_metadata(version_dir: Path) -> VersionMetadata:

@@ -21,9 +21,12 @@ from service.batching import BatchJob, BatchReport, MicroBatcher, Reservation, a
 from service.batching.concurrency import (
     CostCurve,
     available_cores,
+    choose_batch_size,
     choose_batch_threads,
+    has_gpu,
     memory_limit_bytes,
     process_memory_bytes,
+    runs_remotely,
 )
 from service.batching.jobs import output_rows
 from service.config import Settings
@@ -65,6 +68,8 @@ class Servable:
         self.batcher: MicroBatcher | None = None
         self.warmup_source = "none"
         self.batch_threads_reason = ""
+        self.batch_size = settings.max_batch_size
+        self.batch_size_reason = "configured (warm-up off)"
 
     @property
     def version(self) -> int | None:
@@ -95,11 +100,12 @@ class Servable:
         limit = memory_limit_bytes()
         headroom = None if limit is None else int(0.85 * limit) - process_memory_bytes("VmHWM")
         threads, self.batch_threads_reason = choose_batch_threads(
-            self.settings.batch_threads, self.backend.devices, curve, available_cores(), headroom)
+            self.settings.batch_threads, self.backend.devices, curve, available_cores(), headroom,
+            batch_size=self.batch_size if curve is not None else None)
         self.batcher = MicroBatcher(
             self._predict_named,
             policy=self.settings.batching,
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_size=self.batch_size,
             max_batch_delay_s=self.settings.max_batch_delay_ms / 1000,
             max_queue_size=self.settings.max_queue_size,
             target_latency_s=self.settings.target_latency_ms / 1000,
@@ -109,6 +115,7 @@ class Servable:
             name=f"{self.name}-{info.version}",
             num_threads=threads,
             on_thread_restart=metrics.BATCHER_RESTARTS.labels(self.name).inc,
+            max_background_queue_size=self.settings.jobs_max_queued_images,
         )
         self.error = None
         self.state = ServableState.AVAILABLE
@@ -124,11 +131,13 @@ class Servable:
         return info
 
     def _warm_up(self, info: ModelInfo) -> CostCurve:
-        """Run every batch shape once (TF's first call per shape is ~10x slower), then time batch
-        1 and the largest batch (best of two) for the cost curve that sizes concurrency.
+        """Time one call of each power-of-two batch size (after a first, compiling call), choose
+        the batch size from that cost curve (`choose_batch_size`), then run every other batch
+        shape the batcher can form once: TF's first call per shape is ~10x slower.
 
-        Inputs come from TF Serving's `assets.extra/tf_serving_warmup_requests` when the version
-        ships one, synthetic noise otherwise.
+        On a CPU the doubling stops once a batch no longer lowers the cost per image: larger
+        ones would only raise the warm-up's time and memory peak. Inputs come from TF Serving's
+        `assets.extra/tf_serving_warmup_requests` when the version ships one, noise otherwise.
         """
         sample = self._recorded_warmup_inputs(info)
         self.warmup_source = "tf_serving_warmup_requests" if sample is not None else "synthetic"
@@ -136,27 +145,44 @@ class Servable:
         if sample is None:
             rng = np.random.default_rng(0)
             sample = rng.uniform(0, 4095, size=(1, info.height, info.width, info.channels)).astype(np.float32)
-        if self.settings.pad_to_allowed_batch_sizes:
-            sizes = allowed_batch_sizes(self.settings.max_batch_size)
-        else:
-            sizes = list(range(1, self.settings.max_batch_size + 1))
-        for size in sizes:
-            batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
-            rows = output_rows(self._predict_named(batch))
-            if rows != size:
-                raise RuntimeError(f"warm-up batch of {size} returned {rows} rows")
-        timings = {}
-        for size in (1, sizes[-1]):
-            batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
-            best = float("inf")
-            for _ in range(2):
-                started = time.perf_counter()
-                self._predict_named(batch)
-                best = min(best, time.perf_counter() - started)
-            timings[size] = best
+        on_cpu = not (runs_remotely(self.backend.devices) or has_gpu(self.backend.devices))
+        seconds: dict[int, float] = {}
+        for size in allowed_batch_sizes(self.settings.max_batch_size):
+            seconds[size] = self._time_call(sample, size)
+            previous = size // 2
+            if on_cpu and self.settings.auto_batch_size and previous in seconds and \
+                    seconds[size] / size > 0.95 * seconds[previous] / previous:
+                break  # the cost per image stopped falling
         # What running the largest batch added to the process's peak: its activations.
-        batch_bytes = max(0, process_memory_bytes("VmHWM") - rss_before)
-        return CostCurve(sizes[-1], timings[1], timings[sizes[-1]], batch_bytes)
+        curve = CostCurve(seconds, max(0, process_memory_bytes("VmHWM") - rss_before))
+        self.batch_size, self.batch_size_reason = choose_batch_size(
+            self.settings.max_batch_size, self.settings.auto_batch_size, self.backend.devices, curve)
+        if self.settings.pad_to_allowed_batch_sizes:
+            shapes = allowed_batch_sizes(self.batch_size)
+        else:
+            shapes = list(range(1, self.batch_size + 1))
+        for size in shapes:
+            if size not in seconds:
+                self._call_checked(sample, size)
+        explain = getattr(self.backend, "explain", None)
+        if info.explain_signature is not None and explain is not None:
+            explain(sample[:1])  # explanations run one request at a time: its first call pays the trace
+        return curve
+
+    def _call_checked(self, sample: NDArray[np.float32], size: int) -> float:
+        """One call of `size` rows; its seconds."""
+        batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
+        started = time.perf_counter()
+        rows = output_rows(self._predict_named(batch))
+        elapsed = time.perf_counter() - started
+        if rows != size:
+            raise RuntimeError(f"warm-up batch of {size} returned {rows} rows")
+        return elapsed
+
+    def _time_call(self, sample: NDArray[np.float32], size: int) -> float:
+        """Best of two calls of `size`, after one that compiles the shape."""
+        self._call_checked(sample, size)
+        return min(self._call_checked(sample, size) for _ in range(2))
 
     def _recorded_warmup_inputs(self, info: ModelInfo) -> NDArray[np.float32] | None:
         record_file = info.path / WARMUP_FILE if info.path is not None else None
@@ -183,7 +209,7 @@ class Servable:
         assert self.info is not None
         return {self.info.output_key: outputs}
 
-    def reserve(self, images: int) -> Reservation:
+    def reserve(self, images: int, background: bool = False) -> Reservation:
         """Claim room for a request's images in this version's batcher (see `MicroBatcher.reserve`).
 
         Raises:
@@ -193,7 +219,7 @@ class Servable:
         batcher = self.batcher
         if not self.available or batcher is None:
             raise ModelNotReady(f"model '{self.name}' version {self.version} is not available")
-        return batcher.reserve(images)
+        return batcher.reserve(images, background)
 
     def run(self, rows: NDArray[np.float32], reservation: Reservation, timeout_s: float) -> RunResult:
         """Send prepared images through the batcher; return their named outputs, batch ids and
@@ -237,7 +263,8 @@ class Servable:
             "state": self.state.value,
             "error": redact_paths(self.error) if self.error else None,
             "warmup": self.warmup_source,
-            "batching": ({**self.batcher.describe(), "batch_threads_chosen_by": self.batch_threads_reason}
+            "batching": ({**self.batcher.describe(), "batch_threads_chosen_by": self.batch_threads_reason,
+                          "batch_size_chosen_by": self.batch_size_reason}
                          if self.batcher is not None else None),
         }
 

@@ -19,6 +19,19 @@ from service.errors import InvalidInput
 from service.models.metadata import VersionMetadata
 from service.models.repository import ModelVersion
 
+#: The Grad-CAM signature exported beside serving_default (training.gradcam), and its outputs.
+EXPLAIN_SIGNATURE = "explain"
+CAM_OUTPUT = "cam"
+LOG_ODDS_OUTPUT = "log_odds"
+
+
+def explain_signature(outputs_by_signature: Mapping[str, Sequence[str]]) -> str | None:
+    """The explain signature's name when a SavedModel has one with the outputs read, else None."""
+    outputs = outputs_by_signature.get(EXPLAIN_SIGNATURE)
+    if outputs is None or not {CAM_OUTPUT, LOG_ODDS_OUTPUT} <= set(outputs):
+        return None
+    return EXPLAIN_SIGNATURE
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -40,6 +53,8 @@ class ModelInfo:
     """Signature outputs read besides the probabilities: the QC gate's measures."""
     fingerprint: str | None = None
     """The SavedModel's own fingerprint (fingerprint.pb's saved_model_checksum), when on disk."""
+    explain_signature: str | None = None
+    """The signature computing Grad-CAM maps (`service.explain`); None: the version cannot explain."""
 
     def class_names(self, width: int) -> tuple[str, ...]:
         """The model's class names, or class_0.. when its metadata names none (or too few)."""
@@ -75,6 +90,7 @@ class ModelInfo:
             "output": {"tensor": self.output_key, "shape": [None, len(self.classes)]},
             "classes": list(self.classes),
             "preprocessing": self.metadata.preprocessing.model_dump(exclude_none=True),
+            "explain_signature": self.explain_signature,
         }
 
 
@@ -83,6 +99,7 @@ def build_model_info(
     signature_name: str,
     input_shapes: Mapping[str, Sequence[int | None]],
     output_keys: Sequence[str],
+    explain: str | None = None,
 ) -> ModelInfo:
     """Combine a signature (what a backend reports) with the version's metadata.json."""
     metadata = version.metadata
@@ -115,6 +132,7 @@ def build_model_info(
         path=version.path if version.path.is_dir() else None,
         extra_outputs=tuple(sorted({check.output for check in metadata.qc.checks if check.output != output_key})),
         fingerprint=read_fingerprint(version.path),
+        explain_signature=explain,
     )
 
 

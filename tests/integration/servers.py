@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -78,6 +80,19 @@ class GunicornServer:
         except TimeoutError as err:
             raise TimeoutError(f"gunicorn: {err}:\n{self.log()[-3000:]}") from err
 
+    def worker_pids(self) -> list[int]:
+        """The arbiter's worker processes (children), read from /proc."""
+        assert self.process is not None
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # exited while we looked
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -99,3 +114,21 @@ class GunicornServer:
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         if self.process is not None and self.process.poll() is None:
             self.terminate()
+
+
+@contextmanager
+def tiny_model_server(tmp_dir: Path, env: dict[str, str | None] | None = None,
+                      **settings: object) -> Iterator[GunicornServer]:
+    """Gunicorn serving a freshly exported tiny CNN (model "tiny", version 1), ready; `env`
+    sets (or, with None, removes) other environment variables of the server."""
+    from tests.models import export_tiny_model  # TensorFlow: only for the tests that serve it
+
+    export_tiny_model(tmp_dir / "repository", "tiny", 1)
+    server = GunicornServer(tmp_dir, model_repository=tmp_dir / "repository", model_name="tiny", **settings)
+    for name, value in (env or {}).items():
+        if value is None:
+            server.env.pop(name, None)
+        else:
+            server.env[name] = value
+    with server as running:
+        yield running

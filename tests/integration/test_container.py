@@ -181,10 +181,19 @@ def _compose_config(*files: str, profiles: tuple[str, ...] = ()) -> dict:
 
 def test_compose_files_validate_with_every_profile_and_the_gpu_override() -> None:
     require_engine("podman-compose")
-    profiles = ("tfserving", "monitoring")
+    profiles = ("tfserving", "monitoring", "jobs")
     base = _compose_config("docker-compose.yml", profiles=profiles)
-    assert {"api", "tfserving", "api-tfserving", "prometheus", "grafana"} <= set(base["services"])
-    assert "models" in base["volumes"]
+    assert {"api", "tfserving", "api-tfserving", "prometheus", "grafana", "jobs-db", "api-jobs"} <= set(
+        base["services"])
+    assert {"models", "jobs-db-data"} <= set(base["volumes"])
+    # The job database's password is a secret file, never a value in the Compose file.
+    jobs_env = base["services"]["api-jobs"]["environment"]
+    assert jobs_env["SERVING_JOBS_DATABASE_URL"] == "postgresql://cpe@jobs-db:5432/cpe_jobs"  # no password
+    assert jobs_env["SERVING_JOBS_DATABASE_PASSWORD_FILE"] == "/run/secrets/jobs-db-password"
+    assert base["services"]["jobs-db"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/jobs-db-password"
+    assert not any("PASSWORD=" in str(v) or k == "POSTGRES_PASSWORD"
+                   for service in base["services"].values() for k, v in (service.get("environment") or {}).items())
+    assert any(volume.endswith(":/input:ro") for volume in base["services"]["api-jobs"]["volumes"])
     for service in base["services"].values():
         assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", [])), service
     grpc_env = base["services"]["api-tfserving"]["environment"]

@@ -28,7 +28,7 @@ HEIGHT, WIDTH = 1024, 1360
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer]:
     with GunicornServer(
-        tmp_path_factory.mktemp("gunicorn"), batching="fixed", max_batch_size=4,
+        tmp_path_factory.mktemp("gunicorn"), batching="fixed", max_batch_size=4, auto_batch_size=False,
         max_batch_delay_ms=50, threads=16,
     ) as running:
         yield running

@@ -27,6 +27,7 @@ from service.models import resolve
 from service.preprocessing import prepare
 from tests.conftest import MODEL_REPOSITORY, REPO_ROOT, tiff_bytes
 from tests.integration.servers import GunicornServer, free_port
+from tests.models import export_flat_model
 
 HEIGHT, WIDTH = 1024, 1360
 TIFF = {"Content-Type": "image/tiff"}
@@ -35,8 +36,10 @@ TIFF = {"Content-Type": "image/tiff"}
 class StandIn:
     """The stand-in TF Serving as a child process on a fixed loopback port."""
 
-    def __init__(self, port: int, delay_s: float = 0.0, batch_log: Path | None = None) -> None:
+    def __init__(self, port: int, delay_s: float = 0.0, batch_log: Path | None = None,
+                 repository: Path = MODEL_REPOSITORY) -> None:
         self.port = port
+        self.repository = repository
         self.delay_s = delay_s
         self.batch_log = batch_log
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,7 +47,7 @@ class StandIn:
     def start(self) -> StandIn:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.tfserving_standin", "--port", str(self.port),
-             "--model-repository", str(MODEL_REPOSITORY), "--delay-s", str(self.delay_s),
+             "--model-repository", str(self.repository), "--delay-s", str(self.delay_s),
              *(["--enable-batching", "--batch-log", str(self.batch_log)] if self.batch_log else [])],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
@@ -94,6 +97,34 @@ def test_predictions_equal_the_local_backend(standin: StandIn, tmp_path: Path) -
             assert response.status_code == 200, response.text
             p = response.json()["predictions"][0]["probabilities"]
             np.testing.assert_allclose([p["uninfected"], p["infected"]], want, atol=1e-5)
+
+
+def test_explanations_come_from_tf_servings_explain_signature(standin: StandIn, tmp_path: Path) -> None:
+    """The map is TF Serving's answer to Predict on the `explain` signature: the same as the
+    SavedModel computes in-process."""
+    data = _field(7)
+    signature = tf.saved_model.load(str(resolve(MODEL_REPOSITORY, "cpe_cnn").path)).signatures["explain"]
+    expected = signature(image=tf.constant(prepare(decode_image(data), HEIGHT, WIDTH, 1)[None]))
+    with _grpc_server(tmp_path, standin.port, warmup="false") as server:
+        response = requests.post(f"{server.url}/explain?overlay=false", data=data, headers=TIFF, timeout=60)
+        assert response.status_code == 200, response.text
+        explanation = response.json()["predictions"][0]["explanation"]
+    np.testing.assert_allclose(explanation["map"], expected["cam"].numpy()[0], atol=1e-4)
+    assert explanation["log_odds"] == pytest.approx(float(expected["log_odds"].numpy()[0]), abs=1e-4)
+
+
+def test_a_remote_version_without_explain_answers_501(tmp_path: Path) -> None:
+    export_flat_model(tmp_path)
+    flat = StandIn(free_port(), repository=tmp_path).start()
+    try:
+        with _grpc_server(tmp_path, flat.port, model_name="flat", model_repository=tmp_path,
+                          warmup="false") as server:
+            field = tiff_bytes(np.full((32, 40), 1000, np.uint16))
+            refused = requests.post(f"{server.url}/explain", data=field, headers=TIFF, timeout=30)
+            assert refused.status_code == 501 and refused.json()["error"]["code"] == "explain_unavailable"
+            assert requests.post(f"{server.url}/predict", data=field, headers=TIFF, timeout=30).status_code == 200
+    finally:
+        flat.kill()
 
 
 def test_batching_in_tf_servings_layer_only(tmp_path: Path) -> None:
