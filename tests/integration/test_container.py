@@ -120,6 +120,12 @@ def test_read_only_root_drains_in_flight_requests_on_sigterm(image: str) -> None
         "no-new-privileges",
         "--cpus",
         "1",
+        # 48 fields on one CPU take ~50 s on a 2-core AVX2 machine (5 s with AVX-512): neither the
+        # requests nor the drain may time out before them.
+        "-e",
+        "SERVING_REQUEST_TIMEOUT_S=150",
+        "-e",
+        "SERVING_GRACEFUL_TIMEOUT_S=150",
     )
     try:
         running.wait_ready()
@@ -135,7 +141,7 @@ def test_read_only_root_drains_in_flight_requests_on_sigterm(image: str) -> None
 
         def send() -> int:
             started.wait()
-            status = requests.post(f"{running.url}/predict", json=body, timeout=120).status_code
+            status = requests.post(f"{running.url}/predict", json=body, timeout=240).status_code
             finished_at.append(time.monotonic())
             return status
 
@@ -146,7 +152,7 @@ def test_read_only_root_drains_in_flight_requests_on_sigterm(image: str) -> None
             signalled_at = time.monotonic()
             podman("kill", "--signal", "TERM", running.name)
             statuses = [future.result() for future in futures]
-        exit_code = int(podman("wait", running.name, timeout_s=90).stdout.strip())
+        exit_code = int(podman("wait", running.name, timeout_s=240).stdout.strip())
         assert statuses == [200] * 8, running.logs()[-4000:]
         assert max(finished_at) > signalled_at, "every request ended before SIGTERM: nothing was in flight"
         assert exit_code == 0, running.logs()[-4000:]

@@ -133,7 +133,10 @@ def test_batching_in_tf_servings_layer_only(tmp_path: Path) -> None:
     batch_log = tmp_path / "batches.txt"
     batching = StandIn(free_port(), batch_log=batch_log).start()
     try:
-        with _grpc_server(tmp_path, batching.port, batching="off", batch_threads=8, threads=8) as server:
+        # A padded batch of 8 full fields takes ~5 s on a 2-core AVX2 machine: more than the
+        # 5 s deadline the other tests use.
+        with _grpc_server(tmp_path, batching.port, batching="off", batch_threads=8, threads=8,
+                          grpc_timeout_s=60) as server:
             batch_log.write_text("")  # forget the warm-up calls
             encoded = [_field(100 + seed) for seed in range(6)]
             with ThreadPoolExecutor(max_workers=6) as pool:
