@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.payloads import write_payloads
-from bench.servers import REPO_ROOT, HttpServer, RayServer, StandIn, naive_server, service_server
+from bench.servers import REPO_ROOT, TF_ENV, HttpServer, RayServer, StandIn, naive_server, service_server
 
 
 def log(message: str) -> None:
@@ -116,7 +116,7 @@ def run_raw(model: ModelSetup, batch_sizes: str, duration_s: float, repeats: int
     for path in model.payloads:
         argv += ["--payload", str(path)]
     done = subprocess.run(argv, cwd=REPO_ROOT, check=False, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **TF_ENV})
     if done.returncode != 0:
         raise RuntimeError(f"bench.raw failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     """On a CPU, use the smallest batch size (<= max_batch_size) within 10% of the best cost per
     image measured at warm-up (`service/batching/concurrency.py`); false always uses the maximum."""
 
+    batch_memory_bytes: int = Field(640 * 1024 * 1024, ge=0)
+    """On a CPU, activation memory one model call may use: warm-up does not try (and the automatic
+    batch size never uses) a batch predicted from the sizes already timed to need more. TF's
+    memory pool keeps its peak for life, so this bounds a worker's resident memory; 0: no bound."""
+
     max_batch_delay_ms: float = Field(5.0, ge=0)
     """Longest time the first image of a batch waits for others to join it."""
 

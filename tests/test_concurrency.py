@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from service.batching.concurrency import CostCurve, available_cores, choose_batch_size, choose_batch_threads
+from service.batching.concurrency import (
+    CostCurve,
+    available_cores,
+    choose_batch_size,
+    choose_batch_threads,
+    next_batch_fits,
+)
 
 FLAT = CostCurve({1: 0.040, 8: 0.315})  # the paper CNN on 2 cores: 1.02x
 STEEP = CostCurve({1: 0.004, 8: 0.006})  # a small CNN: overhead dominates
@@ -64,3 +70,10 @@ def test_memory_per_call_scales_to_the_batch_size_in_use() -> None:
     # 100 MiB per image: at batch 1, 700 MiB of headroom holds every core's call.
     assert choose_batch_threads(0, CPU, heavy, 4, 700 * 2**20, batch_size=1)[0] == 4
     assert choose_batch_threads(0, CPU, heavy, 4, 700 * 2**20)[0] == 1
+
+
+def test_the_next_batch_fits_while_twice_the_growth_holds_in_the_budget() -> None:
+    mib = 2**20
+    assert next_batch_fits(250 * mib, 1, 640 * mib)  # paper CNN: batch 2 ~500 MiB
+    assert not next_batch_fits(510 * mib, 2, 640 * mib)  # batch 4 ~1 GiB
+    assert next_batch_fits(10**12, 64, 0)  # 0: no bound

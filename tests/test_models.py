@@ -184,6 +184,28 @@ def test_a_flat_cost_per_image_batches_at_one_and_stops_timing_early() -> None:
     assert fixed.batch_size == 8
 
 
+def test_warm_up_stops_doubling_before_a_batch_over_the_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF's CPU pool keeps its peak for life: a batch predicted to need more activation memory than
+    SERVING_BATCH_MEMORY_BYTES is never run, even where batching would pay."""
+    backend = FakeBackend(delay_s=0.01)  # a fixed cost per call: without a budget, 8 is kept
+    mib = 2**20
+
+    def memory(field: str = "VmHWM") -> int:  # 100 MiB of activations per image of the largest call
+        return 1000 * mib + (100 * mib * max(backend.batch_sizes, default=0) if field == "VmHWM" else 0)
+
+    monkeypatch.setattr("service.models.servable.process_memory_bytes", memory)
+    settings = _settings(warmup=True, max_batch_size=8, max_queue_size=64, max_images_per_request=64,
+                         batch_memory_bytes=300 * mib)
+    servable = _servable(1, settings, backend)
+    assert backend.batch_sizes == [1, 1, 1, 2, 2, 2]  # 4 would need ~400 MiB
+    assert servable.batch_size == 2
+    assert "a batch of 4 would need ~400 MiB" in servable.describe()["batching"]["batch_size_chosen_by"]
+    unbounded = FakeBackend(delay_s=0.01)
+    _servable(2, _settings(warmup=True, max_batch_size=8, max_queue_size=64, max_images_per_request=64,
+                           batch_memory_bytes=0), unbounded)
+    assert max(unbounded.batch_sizes) == 8
+
+
 def test_routing_pinned_labelled_newest_and_refusals() -> None:
     settings = _settings()
     manager = ModelManager(settings, FakeBackend())

@@ -29,6 +29,8 @@ class CostCurve:
 
     seconds: dict[int, float]
     batch_bytes: int = 0
+    #: Why the warm-up stopped doubling before the configured maximum, if it did (for /status).
+    stopped_because: str = ""
 
     @property
     def largest(self) -> int:
@@ -45,6 +47,13 @@ class CostCurve:
     def bytes_at(self, size: int) -> int:
         """Activation memory of a call of `size`, scaled from the largest timed call."""
         return self.batch_bytes * size // self.largest
+
+
+def next_batch_fits(grown_bytes: int, size: int, budget_bytes: int) -> bool:
+    """Whether a call of twice `size` is predicted to fit `budget_bytes` of activations, from
+    `grown_bytes`, what the process's peak grew by while calls of up to `size` ran (activations
+    scale with the batch). A budget of 0 bounds nothing."""
+    return budget_bytes <= 0 or grown_bytes * 2 <= budget_bytes
 
 
 def runs_remotely(devices: list[str]) -> bool:
@@ -75,8 +84,9 @@ def choose_batch_size(configured_max: int, auto: bool, devices: list[str],
     best = min(curve.per_image_s(size) for size in curve.seconds)
     size = min(size for size in curve.seconds if curve.per_image_s(size) <= best * (1 + BATCH_SIZE_TOLERANCE))
     timings = ", ".join(f"{s}: {curve.per_image_s(s) * 1000:.1f}" for s in sorted(curve.seconds))
+    stopped = f"; {curve.stopped_because}" if curve.stopped_because else ""
     return size, (f"CPU: smallest batch within {BATCH_SIZE_TOLERANCE:.0%} of the best cost per image "
-                  f"(ms per image by batch size: {timings}; at most {configured_max})")
+                  f"(ms per image by batch size: {timings}; at most {configured_max}{stopped})")
 
 
 def available_cores() -> int:

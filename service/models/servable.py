@@ -25,6 +25,7 @@ from service.batching.concurrency import (
     choose_batch_threads,
     has_gpu,
     memory_limit_bytes,
+    next_batch_fits,
     process_memory_bytes,
     runs_remotely,
 )
@@ -147,14 +148,24 @@ class Servable:
             sample = rng.uniform(0, 4095, size=(1, info.height, info.width, info.channels)).astype(np.float32)
         on_cpu = not (runs_remotely(self.backend.devices) or has_gpu(self.backend.devices))
         seconds: dict[int, float] = {}
-        for size in allowed_batch_sizes(self.settings.max_batch_size):
+        stopped = ""
+        sizes = allowed_batch_sizes(self.settings.max_batch_size)
+        for size in sizes:
             seconds[size] = self._time_call(sample, size)
+            if not (on_cpu and self.settings.auto_batch_size) or size == sizes[-1]:
+                continue
             previous = size // 2
-            if on_cpu and self.settings.auto_batch_size and previous in seconds and \
-                    seconds[size] / size > 0.95 * seconds[previous] / previous:
-                break  # the cost per image stopped falling
+            if previous in seconds and seconds[size] / size > 0.95 * seconds[previous] / previous:
+                stopped = f"stopped at {size}: the cost per image stopped falling"
+                break
+            grown = max(0, process_memory_bytes("VmHWM") - rss_before)
+            if not next_batch_fits(grown, size, self.settings.batch_memory_bytes):
+                stopped = (f"stopped at {size}: a batch of {size * 2} would need ~{grown * 2 / 2**20:.0f} MiB "
+                           f"of activations, over SERVING_BATCH_MEMORY_BYTES "
+                           f"({self.settings.batch_memory_bytes / 2**20:.0f} MiB)")
+                break
         # What running the largest batch added to the process's peak: its activations.
-        curve = CostCurve(seconds, max(0, process_memory_bytes("VmHWM") - rss_before))
+        curve = CostCurve(seconds, max(0, process_memory_bytes("VmHWM") - rss_before), stopped)
         self.batch_size, self.batch_size_reason = choose_batch_size(
             self.settings.max_batch_size, self.settings.auto_batch_size, self.backend.devices, curve)
         if self.settings.pad_to_allowed_batch_sizes:
