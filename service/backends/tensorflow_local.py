@@ -47,9 +47,20 @@ def configure_tensorflow(intra_op_threads: int, inter_op_threads: int) -> list[s
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass
-    _devices.extend([gpu.name for gpu in gpus] or ["/physical_device:CPU:0"])
+    _devices.extend([gpu.name for gpu in gpus] or [f"/physical_device:CPU:0 ({_cpu_kernels()})"])
     _log.info("TensorFlow %s on %s", tf.__version__, ", ".join(_devices))
     return _devices
+
+
+def _cpu_kernels() -> str:
+    """Which CPU kernels TensorFlow runs (shown in /status): oneDNN is 4-8x faster for convolutions
+    on CPUs where stock TensorFlow leaves it off (see service/gunicorn_conf.py)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return "oneDNN" if _pywrap_util_port.IsMklEnabled() else "Eigen, oneDNN off"
+    except (ImportError, AttributeError):
+        return "kernels unknown"
 
 
 class TensorflowLocalBackend:

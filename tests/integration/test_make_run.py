@@ -59,6 +59,9 @@ def test_make_run_serves_counts_and_cleans_up(tmp_path: Path) -> None:
         assert _metric(exposition, "serving_requests_total", route="/predict", status_class="2xx") == 3
         assert _metric(exposition, "serving_images_total", model="cpe_cnn") == 3
         assert _metric(exposition, "serving_ready", model="cpe_cnn") == 1
+        # Workers run oneDNN's kernels whatever the CPU (stock TF: only with VNNI/AMX).
+        status = requests.get(f"{url}/status", timeout=10).json()
+        assert status["models"]["cpe_cnn"]["devices"] == ["/physical_device:CPU:0 (oneDNN)"], status
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(60)
