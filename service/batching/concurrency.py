@@ -49,10 +49,10 @@ class CostCurve:
         return self.batch_bytes * size // self.largest
 
 
-def next_batch_fits(grown_bytes: int, size: int, budget_bytes: int) -> bool:
-    """Whether a call of twice `size` is predicted to fit `budget_bytes` of activations, from
-    `grown_bytes`, what the process's peak grew by while calls of up to `size` ran (activations
-    scale with the batch). A budget of 0 bounds nothing."""
+def next_batch_fits(grown_bytes: int, budget_bytes: int) -> bool:
+    """Whether a call twice the size of the largest so far is predicted to fit `budget_bytes` of
+    activations, from `grown_bytes`, what the process's peak grew by while the calls so far ran
+    (activations scale with the batch). A budget of 0 bounds nothing."""
     return budget_bytes <= 0 or grown_bytes * 2 <= budget_bytes
 
 

@@ -159,7 +159,7 @@ class Servable:
                 stopped = f"stopped at {size}: the cost per image stopped falling"
                 break
             grown = max(0, process_memory_bytes("VmHWM") - rss_before)
-            if not next_batch_fits(grown, size, self.settings.batch_memory_bytes):
+            if not next_batch_fits(grown, self.settings.batch_memory_bytes):
                 stopped = (f"stopped at {size}: a batch of {size * 2} would need ~{grown * 2 / 2**20:.0f} MiB "
                            f"of activations, over SERVING_BATCH_MEMORY_BYTES "
                            f"({self.settings.batch_memory_bytes / 2**20:.0f} MiB)")
