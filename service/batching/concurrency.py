@@ -118,6 +118,17 @@ def memory_limit_bytes() -> int | None:
     return None
 
 
+def reset_peak_memory() -> bool:
+    """Reset this process's peak (`VmHWM`) to its current RSS (Linux >= 4.0), so that the growth
+    of the peak measures what follows, not what the process did before (loading the model, or
+    earlier work in the same process); False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def process_memory_bytes(field: str = "VmHWM") -> int:
     """This process's resident memory (`VmRSS`) or its peak (`VmHWM`), from /proc."""
     try:

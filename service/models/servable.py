@@ -27,6 +27,7 @@ from service.batching.concurrency import (
     memory_limit_bytes,
     next_batch_fits,
     process_memory_bytes,
+    reset_peak_memory,
     runs_remotely,
 )
 from service.batching.jobs import output_rows
@@ -142,7 +143,9 @@ class Servable:
         """
         sample = self._recorded_warmup_inputs(info)
         self.warmup_source = "tf_serving_warmup_requests" if sample is not None else "synthetic"
-        rss_before = process_memory_bytes("VmRSS")
+        # The peak's growth from here is what the warm-up's calls needed: activations. Without a
+        # reset, the peak so far (loading may have been higher) is the baseline: it undercounts.
+        rss_before = process_memory_bytes("VmRSS") if reset_peak_memory() else process_memory_bytes("VmHWM")
         if sample is None:
             rng = np.random.default_rng(0)
             sample = rng.uniform(0, 4095, size=(1, info.height, info.width, info.channels)).astype(np.float32)
