@@ -137,15 +137,20 @@ class Servable:
         the batch size from that cost curve (`choose_batch_size`), then run every other batch
         shape the batcher can form once: TF's first call per shape is ~10x slower.
 
-        On a CPU the doubling stops once a batch no longer lowers the cost per image: larger
-        ones would only raise the warm-up's time and memory peak. Inputs come from TF Serving's
+        On a CPU the doubling stops once a batch no longer lowers the cost per image (larger ones
+        would only raise the warm-up's time and memory peak), or before a batch predicted to need
+        more than `batch_memory_bytes` of activations. Inputs come from TF Serving's
         `assets.extra/tf_serving_warmup_requests` when the version ships one, noise otherwise.
         """
         sample = self._recorded_warmup_inputs(info)
         self.warmup_source = "tf_serving_warmup_requests" if sample is not None else "synthetic"
         # The peak's growth from here is what the warm-up's calls needed: activations. Without a
         # reset, the peak so far (loading may have been higher) is the baseline: it undercounts.
-        rss_before = process_memory_bytes("VmRSS") if reset_peak_memory() else process_memory_bytes("VmHWM")
+        baseline = process_memory_bytes("VmRSS") if reset_peak_memory() else process_memory_bytes("VmHWM")
+
+        def activation_bytes() -> int:
+            return max(0, process_memory_bytes("VmHWM") - baseline)
+
         if sample is None:
             rng = np.random.default_rng(0)
             sample = rng.uniform(0, 4095, size=(1, info.height, info.width, info.channels)).astype(np.float32)
@@ -161,14 +166,13 @@ class Servable:
             if previous in seconds and seconds[size] / size > 0.95 * seconds[previous] / previous:
                 stopped = f"stopped at {size}: the cost per image stopped falling"
                 break
-            grown = max(0, process_memory_bytes("VmHWM") - rss_before)
+            grown = activation_bytes()
             if not next_batch_fits(grown, self.settings.batch_memory_bytes):
                 stopped = (f"stopped at {size}: a batch of {size * 2} would need ~{grown * 2 / 2**20:.0f} MiB "
                            f"of activations, over SERVING_BATCH_MEMORY_BYTES "
                            f"({self.settings.batch_memory_bytes / 2**20:.0f} MiB)")
                 break
-        # What running the largest batch added to the process's peak: its activations.
-        curve = CostCurve(seconds, max(0, process_memory_bytes("VmHWM") - rss_before), stopped)
+        curve = CostCurve(seconds, activation_bytes(), stopped)  # the largest batch's activations
         self.batch_size, self.batch_size_reason = choose_batch_size(
             self.settings.max_batch_size, self.settings.auto_batch_size, self.backend.devices, curve)
         if self.settings.pad_to_allowed_batch_sizes:
